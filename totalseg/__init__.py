@@ -1,0 +1,17 @@
+"""totalseg: TotalSegmentator inference, faithful to the official masks, fast on CPU and GPU.
+
+Imports stay light here: ``totalseg.totalsegmentator`` loads torch only when called.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+# The official version whose behaviour (and outputs) we reproduce.
+OFFICIAL_VERSION = "2.18.0"
+
+
+def totalsegmentator(*args, **kwargs):
+    """Segment an image; see :func:`totalseg.api.totalsegmentator`."""
+    from totalseg.api import totalsegmentator as _run
+
+    return _run(*args, **kwargs)

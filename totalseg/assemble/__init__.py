@@ -1,0 +1,1 @@
+"""Assemble: merge part models, join split chunks, crop and uncrop, postprocess."""

@@ -1,0 +1,1 @@
+"""Predict: nnU-Net v2 result folders, their networks, and the sliding-window inference."""

@@ -1,0 +1,50 @@
+"""One nnU-Net v2 model applied to one image, as nnU-Net's predictor does it on the CPU.
+
+Input and output are canonical (x, y, z) arrays; nnU-Net's own axis order (z, y, x) is used inside.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from totalseg.errors import UserError
+from totalseg.predict.model import LoadedModel
+from totalseg.predict.sliding_window import predict_logits
+from totalseg.prepare.normalise import nonzero_bbox, normalise_channel
+
+
+def _preprocess(image_xyz: np.ndarray, model: LoadedModel):
+    plans = model.plans
+    # nnU-Net reads (z, y, x) into a fresh C-ordered float32 array; the normalisation statistics of
+    # ZScore models depend on that memory layout, so build exactly that one.
+    data = np.empty((1, *image_xyz.shape[::-1]), dtype=np.float32)
+    data[0] = image_xyz.transpose(2, 1, 0)
+    data = data.transpose((0, *(a + 1 for a in plans.transpose_forward)))
+    box = nonzero_bbox(data)
+    data = data[(slice(None), *box)]
+    for c, scheme in enumerate(plans.normalization):
+        normalise_channel(data[c], scheme, plans.intensity_properties.get(str(c)),
+                          plans.use_mask_for_norm[c])
+    return data, box
+
+
+def segment(image_xyz: np.ndarray, spacing_xyz, model: LoadedModel, step: float) -> np.ndarray:
+    """Label image (uint8) on the grid of ``image_xyz`` predicted by ``model``."""
+    plans = model.plans
+    full_shape = np.array(image_xyz.shape[::-1])[list(plans.transpose_forward)]
+    spacing = np.array(spacing_xyz[::-1], dtype=np.float64)[list(plans.transpose_forward)]
+    data, box = _preprocess(image_xyz, model)
+    shape = data.shape[1:]
+    target = [int(round(s / t * n)) for s, t, n in zip(spacing, plans.spacing, shape)]
+    if list(target) != list(shape):
+        raise UserError("this model needs nnU-Net's own resampling, which is not supported yet")
+    logits = predict_logits(model.networks, data, plans.patch_size, step, plans.num_heads)
+    import torch
+
+    if torch.isinf(logits).any():
+        raise UserError("the network produced infinite values (fp16 overflow); the weights may be corrupt")
+    labels = logits.argmax(0).numpy()
+    dtype = np.uint8 if len(plans.labels) < 256 else np.uint16
+    out = np.zeros(tuple(full_shape), dtype=dtype)
+    out[box] = labels
+    out = out.transpose(plans.transpose_backward)
+    return np.ascontiguousarray(out.transpose(2, 1, 0))

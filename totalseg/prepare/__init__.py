@@ -1,0 +1,1 @@
+"""Prepare: orient, crop, resample and normalise an image for the networks."""
