@@ -132,6 +132,24 @@ def check_roi_subset(task: Task, roi_subset: Sequence[str]) -> None:
                         f"`TotalSegmentator --list-classes {task.name}` lists the classes")
 
 
+def required_models(task: Task, options: Options) -> list[Model]:
+    """Every model a run of ``task`` with ``options`` will load (crop models included)."""
+    mode = task.mode(options.fast, options.fastest)
+    models = [get_model(i) for i in mode.models]
+    roi = options.roi_subset
+    if roi:
+        check_roi_subset(task, roi)
+        if len(models) > 1:
+            models = [m for m in models if set(m.classes.values()) & set(roi)]
+    crop_classes = list(roi) if roi else (list(task.crop) if task.crop else None)
+    if crop_classes:
+        source, mode_name = _crop_source(task, crop_classes, options.robust_crop or bool(roi and task.modality == "mr"))
+        models += [get_model(i) for i in source.modes[mode_name].models]
+    elif options.body_seg and task.modality != "mr":
+        models += [get_model(i) for i in get_task("body").modes["fast"].models]
+    return models
+
+
 def segment(image: Volume, task: Task, options: Options, progress: Progress = _quiet) -> Result:
     """Segment ``image`` with ``task``; labels come back on the image's own grid."""
     mode = task.mode(options.fast, options.fastest)

@@ -1,0 +1,144 @@
+"""Bad input: one line on stderr, exit status 1, no traceback and nothing written."""
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from conftest import REF
+from totalseg.cli.totalsegmentator import main
+
+
+def _run(argv, capsys):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+def _assert_clean_failure(code, err, out_path, needle):
+    assert code == 1
+    assert err.startswith("ERROR: ") and "\n" not in err and "Traceback" not in err, err
+    assert needle.lower() in err.lower(), err
+    assert not out_path.exists()
+    assert not [p for p in out_path.parent.iterdir() if p.name.startswith(".")], "temporary files left"
+
+
+@pytest.fixture
+def small(tmp_path):
+    ref = nib.load(REF / "example_ct_sm.nii.gz")
+    return ref, np.asanyarray(ref.dataobj)
+
+
+def _save(tmp_path, name, data, affine):
+    path = tmp_path / name
+    nib.save(nib.Nifti1Image(data, affine), path)
+    return path
+
+
+def _case_input(tmp_path, kind, small):
+    ref, data = small
+    if kind == "missing":
+        return tmp_path / "nope.nii.gz", "does not exist"
+    if kind == "not_nifti":
+        p = tmp_path / "notes.txt"
+        p.write_text("hello")
+        return p, "nifti"
+    if kind == "truncated":
+        raw = (REF / "example_ct_sm.nii.gz").read_bytes()
+        p = tmp_path / "cut.nii.gz"
+        p.write_bytes(raw[: len(raw) // 2])
+        return p, "corrupt"
+    if kind == "2d":
+        return _save(tmp_path, "flat.nii.gz", data[:, :, 0], ref.affine), "2D"
+    if kind == "nan":
+        f = data.astype(np.float32)
+        f[5, 5, 5] = np.nan
+        return _save(tmp_path, "nan.nii.gz", f, ref.affine), "NaN"
+    if kind == "inf":
+        f = data.astype(np.float32)
+        f[5, 5, 5] = np.inf
+        return _save(tmp_path, "inf.nii.gz", f, ref.affine), "inf"
+    if kind == "sheared":
+        aff = ref.affine.copy()
+        aff[0, 1] = 1.5  # second axis leans into the first: not orthogonal
+        return _save(tmp_path, "shear.nii.gz", data, aff), "orthogonal"
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["missing", "not_nifti", "truncated", "2d", "nan", "inf", "sheared"])
+def test_bad_image(kind, small, tmp_path, use_home, capsys):
+    path, needle = _case_input(tmp_path, kind, small)
+    out = tmp_path / "out" / "seg.nii.gz"
+    out.parent.mkdir()
+    code, err = _run(["-i", str(path), "-o", str(out), "--ml", "--fast", "-d", "cpu"], capsys)
+    _assert_clean_failure(code, err, out, needle)
+
+
+def test_unknown_task(tmp_path, use_home, capsys):
+    out = tmp_path / "seg"
+    code, err = _run(["-i", str(REF / "example_ct_sm.nii.gz"), "-o", str(out), "-ta", "kidneyz"], capsys)
+    _assert_clean_failure(code, err, out, "unknown task")
+
+
+def test_unknown_roi_class(tmp_path, use_home, capsys):
+    out = tmp_path / "seg"
+    code, err = _run(["-i", str(REF / "example_ct_sm.nii.gz"), "-o", str(out), "-rs", "liver", "livre"], capsys)
+    _assert_clean_failure(code, err, out, "livre")
+
+
+def test_missing_weights_names_the_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TOTALSEG_HOME_DIR", str(tmp_path / "empty_home"))
+    out = tmp_path / "seg.nii.gz"
+    code, err = _run(["-i", str(REF / "example_ct_sm.nii.gz"), "-o", str(out), "--fast", "--ml", "-d", "cpu"],
+                     capsys)
+    _assert_clean_failure(code, err, out, "Dataset297_TotalSegmentator_total_3mm_1559subj")
+    assert "releases/download/v2.0.0-weights" in err
+
+
+def test_licensed_task_without_licence(tmp_path, use_home, capsys):
+    out = tmp_path / "seg"
+    code, err = _run(["-i", str(REF / "example_ct_sm.nii.gz"), "-o", str(out), "-ta", "tissue_types",
+                      "-d", "cpu"], capsys)
+    _assert_clean_failure(code, err, out, "licence")
+    assert "license-academic" in err
+
+
+def test_ml_output_needs_file_name(tmp_path, use_home, capsys):
+    out = tmp_path / "seg"
+    code, err = _run(["-i", str(REF / "example_ct_sm.nii.gz"), "-o", str(out), "--ml", "--fast"], capsys)
+    _assert_clean_failure(code, err, out, ".nii.gz")
+
+
+def test_fast_refused_where_official_refuses(tmp_path, use_home, capsys):
+    from totalseg.registry import get_task, task_names
+
+    refusing = [t for t in task_names() if get_task(t).disallow_fast and not get_task(t).licensed]
+    if not refusing:
+        pytest.skip("no open task refuses --fast")
+    out = tmp_path / "seg"
+    code, err = _run(["-i", str(REF / "example_ct_sm.nii.gz"), "-o", str(out), "-ta", refusing[0], "--fast"],
+                     capsys)
+    _assert_clean_failure(code, err, out, "--fast")
+
+
+def test_no_traceback_from_the_real_command(tmp_path):
+    """Through the console entry point, as users run it."""
+    out = tmp_path / "x.nii.gz"
+    proc = subprocess.run([sys.executable, "-m", "totalseg.cli.totalsegmentator", "-i", str(tmp_path / "none.nii"),
+                           "-o", str(out), "--ml"], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_help_and_listing_do_not_import_torch():
+    code = ("import sys; from totalseg.cli.totalsegmentator import main\n"
+            "try:\n    main(['--list-tasks'])\nexcept SystemExit: pass\n"
+            "assert 'torch' not in sys.modules and 'numpy' not in sys.modules, 'heavy import'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "total_mr" in proc.stdout
