@@ -107,7 +107,7 @@ def totalsegmentator(input, output=None, ml: bool = False, nr_thr_resamp: int = 
     options = replace(options, device=select_device(device, say))
 
     say(f"Predicting {task}{' (fast)' if fast else ''}{' (fastest)' if fastest else ''}...")
-    result = segment(image.volume, task_info, options, progress=say if verbose else _say(True))
+    result = segment(image.volume, task_info, options, progress=say)
 
     stats = None
     if statistics:

@@ -72,7 +72,7 @@ def run_models(vol: Volume, task: Task, models: Sequence[Model], multi_model: bo
         chunk = data[:, :, z]
         combined = np.zeros(chunk.shape, dtype=np.uint8)
         for model in models:
-            progress(f"model {model.id}")
+            progress(f"  running {model.folder}")
             loaded = weights.load(model, task.folds, device)
             part = nnunet.segment(chunk, spacing, loaded, step)
             if multi_model:
@@ -169,14 +169,14 @@ def segment(image: Volume, task: Task, options: Options, progress: Progress = _q
     crop_classes = list(roi) if roi else (list(task.crop) if task.crop else None)
     if crop_classes:
         source, mode_name = _crop_source(task, crop_classes, options.robust_crop or bool(roi and task.modality == "mr"))
-        progress("crop")
+        progress("  finding the region to crop to")
         mask = _crop_mask(image, source, mode_name, crop_classes, options, progress)
         addon = (20.0, 20.0, 20.0) if task.crop_model is None else task.crop_addon
         box = cropping.mask_box(mask, image.zooms, addon)
         if box is None:
             return Result(np.zeros(image.shape, dtype=np.uint8), class_map)
     elif options.body_seg and task.modality != "mr":
-        progress("body")
+        progress("  finding the body to crop to")
         mask = _crop_mask(image, get_task("body"), "fast", None, options, progress)
         box = cropping.mask_box(mask, image.zooms, task.crop_addon)
         if box is None:
