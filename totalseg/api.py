@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Sequence
 
 from totalseg import config
+from totalseg.assemble.postprocess import body_masks
 from totalseg.device import select_device
 from totalseg.errors import UserError
 from totalseg.load.nifti import load_nifti
 from totalseg.pipeline import Options, required_models, segment
-from totalseg.weights import model_folder
 from totalseg.registry import get_task
+from totalseg.weights import model_folder
 from totalseg.write.labelmap import with_label_table
 from totalseg.write.nifti import label_image, save_multilabel, save_per_class
 from totalseg.write.statistics import compute_statistics, write_statistics
@@ -125,7 +126,10 @@ def totalsegmentator(input, output=None, ml: bool = False, nr_thr_resamp: int = 
         if ml:
             save_multilabel(result.labels, affine, header, result.class_map, output)
         else:
-            save_per_class(result.labels, affine, header, result.class_map, output)
+            extra = None
+            if task_info.postprocess == "body" and not no_derived_masks:
+                extra = body_masks(result.labels, task_info.classes, image.volume.data)
+            save_per_class(result.labels, affine, header, result.class_map, output, extra)
     if stats is not None:
         if isinstance(statistics, (str, Path)) and not isinstance(statistics, bool):
             stats_path = Path(statistics)

@@ -12,7 +12,7 @@ import numpy as np
 
 from totalseg import weights
 from totalseg.assemble import crop as cropping
-from totalseg.assemble import split
+from totalseg.assemble import postprocess, split
 from totalseg.assemble.merge import label_lut, paste_part
 from totalseg.errors import UserError
 from totalseg.prepare import resample
@@ -83,6 +83,7 @@ def run_models(vol: Volume, task: Task, models: Sequence[Model], multi_model: bo
     labels = pieces[0] if len(pieces) == 1 else split.join(pieces, data.shape[2])
     if task.auxiliary:
         labels[np.isin(labels, list(task.auxiliary))] = 0
+    postprocess.apply(task.postprocess, labels, task.classes, float(np.prod(spacing)))
     return labels
 
 
