@@ -13,7 +13,8 @@ from conftest import ORACLE, REF
 from parity import assert_output_parity
 from totalseg.cli.totalsegmentator import main
 
-SUPPORTED = ["body_files", "body_fast_ml", "breasts", "vertebrae_body", "body_mr", "vertebrae_mr", "lung_nodules"]
+SUPPORTED = ["body_files", "body_fast_ml", "breasts", "vertebrae_body", "body_mr", "vertebrae_mr", "lung_nodules",
+             "head_glands_cavities", "head_muscles", "headneck_bones_vessels"]
 
 
 def _cases():
