@@ -22,6 +22,14 @@ def _copy_home(dst: Path) -> Path:
     return dst
 
 
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+    """No test ever reaches the internet: weights downloads go to a port where nothing listens."""
+    from weights_server import closed_port_url
+
+    monkeypatch.setenv("TOTALSEG_WEIGHTS_URL", closed_port_url())
+
+
 @pytest.fixture(scope="session")
 def fake_home(tmp_path_factory) -> Path:
     """A copy of the random-weights home, shared by the whole session (models load once)."""

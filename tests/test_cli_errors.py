@@ -92,12 +92,17 @@ def test_unknown_roi_class(tmp_path, use_home, capsys):
 
 
 def test_missing_weights_names_the_folder(tmp_path, monkeypatch, capsys):
+    from weights_server import closed_port_url
+
     monkeypatch.setenv("TOTALSEG_HOME_DIR", str(tmp_path / "empty_home"))
+    monkeypatch.delenv("TOTALSEG_WEIGHTS_PATH", raising=False)
+    monkeypatch.setenv("TOTALSEG_WEIGHTS_URL", closed_port_url())  # automatic download, network off
     out = tmp_path / "seg.nii.gz"
     code, err = _run(["-i", str(REF / "example_ct_sm.nii.gz"), "-o", str(out), "--fast", "--ml", "-d", "cpu"],
                      capsys)
     _assert_clean_failure(code, err, out, "Dataset297_TotalSegmentator_total_3mm_1559subj")
-    assert "releases/download/v2.0.0-weights" in err
+    assert "/v2.0.0-weights/Dataset297_TotalSegmentator_total_3mm_1559subj.zip" in err
+    assert "totalseg_import_weights" in err and not (tmp_path / "empty_home").exists()
 
 
 def test_licensed_task_without_licence(tmp_path, use_home, capsys):

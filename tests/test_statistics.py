@@ -80,7 +80,7 @@ def _brute_force(labels, image, zooms, class_map, exclude_border, aggregation, e
             e = {"volume": 0.0, "intensity": 0.0}
             if extra:
                 e.update(n_voxels=0, intensity_std=0.0, intensity_min=0.0, intensity_max=0.0,
-                         centroid_vox=None, bbox_vox=None)
+                         centroid_vox=None, bbox_vox=None, incomplete=bool(border))
             out[name] = e
             continue
         e = {"volume": float(m.sum() * vox)}
@@ -93,7 +93,8 @@ def _brute_force(labels, image, zooms, class_map, exclude_border, aggregation, e
             e.update(n_voxels=int(m.sum()), intensity_std=float(np.std(ct[m]).round(5)),
                      intensity_min=float(ct[m].min()), intensity_max=float(ct[m].max()),
                      centroid_vox=[float(c) for c in idx.mean(axis=0).round(2)],
-                     bbox_vox=[[int(a), int(b)] for a, b in zip(idx.min(0), idx.max(0))])
+                     bbox_vox=[[int(a), int(b)] for a, b in zip(idx.min(0), idx.max(0))],
+                     incomplete=bool(border))
         out[name] = e
     return out
 

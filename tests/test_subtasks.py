@@ -1,32 +1,77 @@
-"""Subtask oracle cases (group `subtasks`) that the engine already reproduces.
+"""Subtasks against the official tool's outputs.
 
-The remaining subtask cases (tasks that need nnU-Net's own resampling, and the large crops) belong to
-the subtasks issue and join this list as they pass.
+- Every oracle case of the group `subtasks` (../shared/data/oracle_tiny, official 2.18.0 with fake_weights_tiny).
+- tests/data/oracle_extra: subtasks the shared oracle lacks (pleural_pericard_effusion, oculomotor_muscles,
+  the licensed tissue_types and heartchambers_highres with its remove-outside step), made by the official
+  2.18.0 with fake_weights_tiny plus tests/data/tiny_weights (tests/data/make_oracle_extra.sh).
 """
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
-from conftest import ORACLE, REF
+from conftest import ORACLE, REF, _copy_home
 from parity import assert_output_parity
+from totalseg import config
 from totalseg.cli.totalsegmentator import main
 
-SUPPORTED = ["body_files", "body_fast_ml", "breasts", "vertebrae_body", "body_mr", "vertebrae_mr", "lung_nodules",
-             "head_glands_cavities", "head_muscles", "headneck_bones_vessels"]
+DATA = Path(__file__).parent / "data"
+EXTRA = DATA / "oracle_extra"
+EXTRA_CASES = ["pleural_pericard_effusion", "oculomotor_muscles", "tissue_types", "heartchambers_highres"]
+LICENCE = "aca_TESTTESTTEST12"  # made up, of the right form (checked offline by its length)
 
 
 def _cases():
     if not (ORACLE / "cases.json").is_file():
         return []
     cases = json.loads((ORACLE / "cases.json").read_text())
-    return [c for c in cases if c["name"] in SUPPORTED]
+    return [c for c in cases if c.get("group") == "subtasks"]
+
+
+def _run(args: list[str], out: Path) -> Path:
+    assert main(args + ["-d", "cpu", "-q"]) == 0
+    return out / args[args.index("-o") + 1].rsplit("/", 1)[1]
 
 
 @pytest.mark.parametrize("case", _cases(), ids=lambda c: c["name"])
 def test_subtask_case(case, use_home, tmp_path):
     args = [a.replace("{ref}", str(REF)).replace("{out}", str(tmp_path)) for a in case["args"]]
-    assert main(args + ["-d", "cpu", "-q"]) == 0
-    name = args[args.index("-o") + 1].rsplit("/", 1)[1]
+    name = _run(args, tmp_path).name
     assert_output_parity(tmp_path / name, ORACLE / name)
+
+
+@pytest.fixture(scope="session")
+def extra_home(tmp_path_factory) -> Path:
+    """fake_weights_tiny plus the models of tests/data/tiny_weights, with a licence set."""
+    home = _copy_home(tmp_path_factory.mktemp("extra") / "home")
+    shutil.copytree(DATA / "tiny_weights" / "nnunet" / "results", home / "nnunet" / "results", dirs_exist_ok=True)
+    return home
+
+
+@pytest.mark.parametrize("task", EXTRA_CASES)
+def test_extra_subtask_case(task, extra_home, monkeypatch, tmp_path):
+    monkeypatch.setenv("TOTALSEG_HOME_DIR", str(extra_home))
+    monkeypatch.delenv("TOTALSEG_WEIGHTS_PATH", raising=False)
+    config.update_config({"license_number": LICENCE})
+    out = tmp_path / f"{task}.nii.gz"
+    _run(["-i", str(REF / "example_ct_sm.nii.gz"), "-o", str(out), "-ta", task, "--ml"], tmp_path)
+    assert_output_parity(out, EXTRA / out.name)
+
+
+def test_licensed_subtask_refused_without_licence(use_home, tmp_path, capsys):
+    out = tmp_path / "tissue.nii.gz"
+    assert main(["-i", str(REF / "example_ct_sm.nii.gz"), "-o", str(out), "-ta", "tissue_types", "--ml",
+                 "-d", "cpu"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "licence" in err[0]
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_fast_refused_where_official_refuses(use_home, tmp_path, capsys):
+    assert main(["-i", str(REF / "example_ct_sm.nii.gz"), "-o", str(tmp_path / "o"), "-ta", "cerebral_bleed",
+                 "--fast", "-d", "cpu"]) == 1
+    assert "--fast" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -5,7 +5,7 @@ function over :class:`~totalseg.volume.Volume` values.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -52,6 +52,9 @@ class Result:
 
 
 Progress = Callable[[str], None]
+
+# Labels of remove_outside tasks must lie within this distance of the named organs.
+REMOVE_OUTSIDE_MM = 10.0
 
 
 def _quiet(_: str) -> None:
@@ -115,15 +118,19 @@ def _crop_source(task: Task, classes: Sequence[str], robust: bool) -> tuple[Task
     return get_task(name), mode
 
 
-def _crop_mask(image: Volume, source: Task, mode_name: str, classes: Sequence[str] | None,
-               options: Options, progress: Progress) -> np.ndarray:
+def _crop_labels(image: Volume, source: Task, mode_name: str, options: Options,
+                 progress: Progress) -> np.ndarray:
+    """Labels of the low-resolution model a crop is taken from, on the image's grid."""
     mode = source.modes[mode_name]
     models = [get_model(i) for i in mode.models]
-    seg = predict(image, source, models, mode.resample, options, len(models) > 1, progress).labels
+    return predict(image, source, models, mode.resample, options, len(models) > 1, progress).labels
+
+
+def _class_mask(labels: np.ndarray, source: Task, classes: Sequence[str] | None) -> np.ndarray:
     if classes is None:
-        return seg > 0
+        return labels > 0
     ids = [source.class_id(c) for c in classes if c in source.classes.values()]
-    return np.isin(seg, ids)
+    return np.isin(labels, ids)
 
 
 def check_roi_subset(task: Task, roi_subset: Sequence[str]) -> None:
@@ -143,7 +150,9 @@ def required_models(task: Task, options: Options) -> list[Model]:
         if len(models) > 1:
             models = [m for m in models if set(m.classes.values()) & set(roi)]
     crop_classes = list(roi) if roi else (list(task.crop) if task.crop else None)
-    if crop_classes:
+    if crop_classes and task.crop_model is not None:
+        models += required_models(get_task(task.crop_model), Options())
+    elif crop_classes:
         source, mode_name = _crop_source(task, crop_classes, options.robust_crop or bool(roi and task.modality == "mr"))
         models += [get_model(i) for i in source.modes[mode_name].models]
     elif options.body_seg and task.modality != "mr":
@@ -166,19 +175,29 @@ def segment(image: Volume, task: Task, options: Options, progress: Progress = _q
         if multi_model:
             models = [m for m in models if set(m.classes.values()) & set(roi)]
 
-    box = None
+    box, keep_mask = None, None
     crop_classes = list(roi) if roi else (list(task.crop) if task.crop else None)
     if crop_classes:
-        source, mode_name = _crop_source(task, crop_classes, options.robust_crop or bool(roi and task.modality == "mr"))
         progress("  finding the region to crop to")
-        mask = _crop_mask(image, source, mode_name, crop_classes, options, progress)
-        addon = (20.0, 20.0, 20.0) if task.crop_model is None else task.crop_addon
-        box = cropping.mask_box(mask, image.zooms, addon)
+        if task.crop_model is not None:  # the crop comes from a full run of another task (teeth)
+            source = get_task(task.crop_model)
+            organs = segment(image, source, replace(options, fast=False, fastest=False, roi_subset=None,
+                                                    body_seg=False), progress).labels
+            addon = task.crop_addon
+        else:
+            source, mode_name = _crop_source(task, crop_classes, options.robust_crop or bool(roi and task.modality == "mr"))
+            organs = _crop_labels(image, source, mode_name, options, progress)
+            addon = (20.0, 20.0, 20.0)
+        box = cropping.mask_box(_class_mask(organs, source, crop_classes), image.zooms, addon)
         if box is None:
             return Result(np.zeros(image.shape, dtype=np.uint8), class_map)
+        if task.remove_outside:
+            keep_mask = _class_mask(organs, source, task.remove_outside)
+        del organs
     elif options.body_seg and task.modality != "mr":
         progress("  finding the body to crop to")
-        mask = _crop_mask(image, get_task("body"), "fast", None, options, progress)
+        body = get_task("body")
+        mask = _crop_labels(image, body, "fast", options, progress) > 0
         box = cropping.mask_box(mask, image.zooms, task.crop_addon)
         if box is None:
             return Result(np.zeros(image.shape, dtype=np.uint8), class_map)
@@ -188,4 +207,6 @@ def segment(image: Volume, task: Task, options: Options, progress: Progress = _q
     labels = pred.labels if box is None else cropping.uncrop(pred.labels, box, image.shape)
     if roi:
         labels[~np.isin(labels, list(class_map))] = 0
+    if keep_mask is not None:
+        postprocess.remove_outside(labels, keep_mask, REMOVE_OUTSIDE_MM / float(np.mean(image.zooms)))
     return Result(labels.astype(np.uint8, copy=False), class_map, pred if box is None else None)

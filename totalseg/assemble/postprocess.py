@@ -39,6 +39,15 @@ def body(labels: np.ndarray, class_map: dict[int, str], voxel_mm3: float) -> Non
     labels[limbs & ~drop_small_components(limbs, BODY_EXTREMITIES_MIN_MM3 / voxel_mm3)] = 0
 
 
+def remove_outside(labels: np.ndarray, mask: np.ndarray, distance_voxels: float) -> None:
+    """Zero ``labels`` farther than ``int(distance_voxels)`` dilation steps from ``mask`` (in place).
+
+    As in the official tool, zero steps means scipy's "dilate until nothing changes".
+    """
+    grown = ndimage.binary_dilation(mask, iterations=int(distance_voxels))
+    labels[~grown] = 0
+
+
 POSTPROCESS = {"body": body}
 
 

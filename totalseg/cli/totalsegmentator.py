@@ -17,10 +17,13 @@ def _parser() -> argparse.ArgumentParser:
         prog="TotalSegmentator",
         description="Segment 117 classes in CT images and 50 in MR images (totalseg, official weights).")
     a = p.add_argument
-    a("-i", metavar="filepath", dest="input", type=Path, help="CT/MR NIfTI image (.nii or .nii.gz)")
+    a("-i", metavar="filepath", dest="input", type=Path,
+      help="CT/MR NIfTI image (.nii or .nii.gz), or a DICOM series: folder, .zip or multi-frame file")
     a("-o", metavar="directory", dest="output", type=Path,
       help="output folder for per-class masks, or a .nii.gz file with --ml")
-    a("-ot", "--output_type", nargs="+", default=["nifti"], help="nifti (dicom_rtstruct, dicom_seg: later)")
+    a("-ot", "--output_type", nargs="+", default=["nifti"],
+      help="nifti, dicom_seg and/or dicom_rtstruct (dicom = dicom_rtstruct); DICOM outputs need DICOM input")
+    a("--series_uid", help="DICOM input: the SeriesInstanceUID to segment (default: largest CT/MR series)")
     a("-ml", "--ml", action="store_true", help="write one multilabel file instead of one file per class")
     a("-nr", "--nr_thr_resamp", type=int, default=1, help="accepted for compatibility (one process here)")
     a("-ns", "--nr_thr_saving", type=int, default=6, help="accepted for compatibility (one process here)")
@@ -98,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             robust_crop=args.robust_crop, higher_order_resampling=args.higher_order_resampling,
             higher_order_resampling_LEGACY=args.higher_order_resampling_LEGACY,
             save_probabilities=args.save_probabilities, statistics_extra=args.statistics_extra,
-            save_lowres=args.save_lowres, resampling_order=args.resampling_order)
+            save_lowres=args.save_lowres, resampling_order=args.resampling_order, series_uid=args.series_uid)
         return 0
     except UserError as e:
         print(f"ERROR: {e}", file=sys.stderr)

@@ -10,6 +10,7 @@ from totalseg.errors import UserError
 from totalseg.predict.model import LoadedModel
 from totalseg.predict.sliding_window import predict_logits
 from totalseg.prepare.normalise import nonzero_bbox, normalise_channel
+from totalseg.prepare.nnunet_resample import resample_data, resampled_argmax, target_shape
 
 
 def _preprocess(image_xyz: np.ndarray, model: LoadedModel):
@@ -34,15 +35,19 @@ def segment(image_xyz: np.ndarray, spacing_xyz, model: LoadedModel, step: float)
     spacing = np.array(spacing_xyz[::-1], dtype=np.float64)[list(plans.transpose_forward)]
     data, box = _preprocess(image_xyz, model)
     shape = data.shape[1:]
-    target = [int(round(s / t * n)) for s, t, n in zip(spacing, plans.spacing, shape)]
-    if list(target) != list(shape):
-        raise UserError("this model needs nnU-Net's own resampling, which is not supported yet")
+    target = target_shape(shape, spacing, plans.spacing)
+    resampled = tuple(target) != tuple(shape)
+    if resampled:  # the task gave no spacing: nnU-Net brings the image to the plans' spacing itself
+        data = resample_data(data, target, spacing, plans.spacing, **plans.resampling_data)
     logits = predict_logits(model.networks, data, plans.patch_size, step, plans.num_heads)
     import torch
 
     if torch.isinf(logits).any():
         raise UserError("the network produced infinite values (fp16 overflow); the weights may be corrupt")
-    labels = logits.argmax(0).numpy()
+    if resampled:
+        labels = resampled_argmax(logits.numpy(), shape, plans.spacing, spacing, **plans.resampling_probabilities)
+    else:
+        labels = logits.argmax(0).numpy()
     dtype = np.uint8 if len(plans.labels) < 256 else np.uint16
     out = np.zeros(tuple(full_shape), dtype=dtype)
     out[box] = labels

@@ -57,6 +57,72 @@ def pad_to_patch(data: np.ndarray, patch) -> tuple[np.ndarray, tuple[slice, ...]
     return np.pad(data, widths, mode="constant", constant_values=0), tuple(keep)
 
 
+# Networks with fewer parameters than this are tried with tiles run side by side, one thread each:
+# small convolutions gain nothing from intra-op threads, and their results do not depend on them.
+SMALL_NETWORK_PARAMETERS = 2_000_000
+
+
+def _forward(net, tile):
+    import torch
+
+    with torch.inference_mode():
+        return net(tile)[0]
+
+
+def _forward_in_worker(net, tile):
+    import torch
+
+    torch.set_flush_denormal(True)  # a per-thread setting; pool threads end with the pool
+    return _forward(net, tile)
+
+
+def tile_workers(net, sample) -> int:
+    """How many tiles of ``net`` may run at once: all threads for a small network whose output on
+    ``sample`` is bitwise the same with one thread as with all of them, else 1 (intra-op threads)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    if threads < 2 or sum(p.numel() for p in net.parameters()) >= SMALL_NETWORK_PARAMETERS:
+        return 1
+    reference = _forward(net, sample)
+    torch.set_num_threads(1)
+    try:
+        single = _forward(net, sample)
+    finally:
+        torch.set_num_threads(threads)
+    return threads if torch.equal(reference, single) else 1
+
+
+def network_outputs(net, volume, tiles, workers: int = 1):
+    """The network's output for each tile, in tile order; with ``workers`` > 1 several tiles
+    compute at once (one intra-op thread each) while the caller consumes them in order."""
+    import torch
+
+    def tile_input(tile):
+        return volume[(slice(None), *tile)][None]
+
+    if workers <= 1:
+        for tile in tiles:
+            yield _forward(net, tile_input(tile))
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            pending = deque()
+            for tile in tiles:
+                pending.append(pool.submit(_forward_in_worker, net, tile_input(tile)))
+                if len(pending) > 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+    finally:
+        torch.set_num_threads(threads)
+
+
 def predict_logits(networks, data: np.ndarray, patch, step: float, num_heads: int):
     """Averaged fp16 logits (heads, *spatial) of ``networks`` (folds) over (C, *spatial) float32 data."""
     import torch
@@ -66,12 +132,16 @@ def predict_logits(networks, data: np.ndarray, patch, step: float, num_heads: in
     weight = torch.from_numpy(gaussian_weights(tuple(patch)).copy())
     tiles = tile_grid(padded.shape[1:], patch, step)
     total = None
+    # Subnormal floats (below 1.2e-38) slow the CPU many times over and cannot move an fp16 logit
+    # (this thread's setting; tile workers set their own).
+    torch.set_flush_denormal(True)
     with torch.inference_mode():
         for net in networks:
+            workers = tile_workers(net, volume[(slice(None), *tiles[0])][None]) if len(tiles) > 8 else 1
             logits = torch.zeros((num_heads, *padded.shape[1:]), dtype=torch.float16)
             norm = torch.zeros(padded.shape[1:], dtype=torch.float16)
-            for tile in tiles:
-                out = net(volume[(slice(None), *tile)][None])[0]
+            for i, out in enumerate(network_outputs(net, volume, tiles, workers)):
+                tile = tiles[i]
                 out *= weight
                 logits[(slice(None), *tile)] += out
                 norm[tile] += weight
@@ -79,4 +149,5 @@ def predict_logits(networks, data: np.ndarray, patch, step: float, num_heads: in
             total = logits if total is None else total.add_(logits)
         if len(networks) > 1:
             total /= len(networks)
+    torch.set_flush_denormal(False)
     return total[(slice(None), *keep)]

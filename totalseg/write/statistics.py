@@ -8,6 +8,11 @@ Semantics (official-behaviour §4.12):
   ``{"volume": 0.0, "intensity": 0.0}`` unless ``exclude_border`` is False (``-sii``);
 * ``volume`` = voxel count x voxel volume (product of the zooms, unrounded), ``intensity`` = mean
   (or median) of the class's voxels rounded to 5 decimals; an empty class gives 0.0 for both.
+* ``-sx`` (``extra``) adds n_voxels, intensity_std/min/max, centroid_vox, bbox_vox and, beyond the
+  official, ``"incomplete": true|false``: whether the mask reaches into the border slices, i.e. is
+  probably cut off by the field of view (so its zeros, or its numbers with ``-sii``, are not those
+  of the whole structure). It is only in the ``-sx`` output so that the default statistics.json
+  stays key for key identical to the official one.
 
 Instead of building one full-volume boolean mask per class, one ``scipy.ndimage.find_objects``
 pass gives every class's bounding box (which also decides the border test), and each class is
@@ -101,12 +106,12 @@ def _round(value: float, decimals: int) -> float:
     return float(np.round(np.float64(value), decimals))
 
 
-def _empty_entry(extra: bool) -> dict[str, Any]:
+def _empty_entry(extra: bool, incomplete: bool = False) -> dict[str, Any]:
     entry: dict[str, Any] = {"volume": 0.0, "intensity": 0.0}
     if extra:
         entry.update(
             n_voxels=0, intensity_std=0.0, intensity_min=0.0, intensity_max=0.0,
-            centroid_vox=None, bbox_vox=None,
+            centroid_vox=None, bbox_vox=None, incomplete=incomplete,
         )
     return entry
 
@@ -127,8 +132,8 @@ def compute_statistics(
     volumes); class_map: ``{label id: name}`` (already filtered for a roi subset); exclude_border:
     zero out classes touching the border (False = ``-sii``); aggregation: "mean" or "median";
     extra (``-sx``): add n_voxels, intensity_std, intensity_min, intensity_max, centroid_vox and
-    bbox_vox (inclusive voxel index ranges). Empty (or border-excluded) classes get 0 / 0.0 / None
-    for those.
+    bbox_vox (inclusive voxel index ranges) and incomplete (mask touches the border slices).
+    Empty (or border-excluded) classes get 0 / 0.0 / None for those.
     """
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}, not {aggregation!r}")
@@ -149,9 +154,12 @@ def compute_statistics(
 
     # Classes that get real numbers: present, and not cut off by the border (unless -sii).
     todo: dict[int, tuple[slice, ...]] = {}
+    at_border: set[int] = set()
     for k, _ in classes:
         box = boxes[k - 1] if 0 < k <= len(boxes) else None
-        if box is not None and not (exclude_border and _touches_border(box, shape)):
+        if box is not None and _touches_border(box, shape):
+            at_border.add(k)
+        if box is not None and not (exclude_border and k in at_border):
             todo[k] = box
 
     # Means only need counts and sums. Looking inside each class's bounding box is much cheaper
@@ -165,7 +173,7 @@ def compute_statistics(
     for k, name in classes:
         box = todo.get(k)
         if box is None:
-            stats[name] = _empty_entry(extra)
+            stats[name] = _empty_entry(extra, k in at_border)
             continue
         if use_bincount:
             n = int(counts[k])
@@ -194,6 +202,7 @@ def compute_statistics(
                 centroid.append(_round(index_sum / n, 2))
             entry["centroid_vox"] = centroid
             entry["bbox_vox"] = [[int(sl.start), int(sl.stop) - 1] for sl in box]
+            entry["incomplete"] = k in at_border
         stats[name] = entry
     return stats
 

@@ -1,0 +1,61 @@
+"""``totalseg_get_modality``: is an image a CT or an MR?"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from totalseg.errors import UserError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="totalseg_get_modality", description="Predict whether an image is CT or MR.")
+    p.add_argument("-i", metavar="filepath", dest="input", type=Path, required=True, help="CT/MR image (.nii/.nii.gz)")
+    p.add_argument("-o", metavar="filepath", dest="output", type=Path, required=True, help="output JSON file")
+    p.add_argument("-m", metavar="folder", dest="model", type=Path,
+                   help="folder with the five official modality classifier files "
+                        "(default: the weights home, fetched once)")
+    p.add_argument("-n", dest="normalized", action="store_true",
+                   help="for images with normalised intensities: use intensities inside 16 structures "
+                        "of the fast total_mr model")
+    p.add_argument("-d", "--device", default="gpu", help="gpu, gpu:N, cpu or mps (only with -n)")
+    p.add_argument("-q", dest="quiet", action="store_true", help="print nothing but errors")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        import json
+
+        from totalseg.classify.modality import modality
+        from totalseg.load.nifti import load_nifti
+        from totalseg.write.statistics import write_statistics
+
+        if not args.input.exists():
+            raise UserError(f"the input file does not exist: {args.input}")
+        if args.output.is_dir():
+            raise UserError(f"the output {args.output} is a folder; give a .json file name")
+        say = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+        image = load_nifti(args.input)
+        result = modality(_as_nifti(image), args.normalized, args.model, device=args.device,
+                          quiet=args.quiet, say=say)
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        write_statistics(result, args.output)
+        if not args.quiet:
+            print(json.dumps(result, indent=4))
+        return 0
+    except UserError as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 1
+
+
+def _as_nifti(image):
+    """The validated input as an in-memory image (its values are those of ``get_fdata()``)."""
+    import nibabel as nib
+
+    return nib.Nifti1Image(image.volume.data, image.volume.affine)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
