@@ -244,7 +244,8 @@ def _parallel(commands: list[list[str]]) -> list[subprocess.CompletedProcess]:
     return [subprocess.CompletedProcess(p.args, p.wait(timeout=300), *p.communicate()) for p in procs]
 
 
-def test_eight_concurrent_first_runs_download_once(home, server, zips):
+def test_eight_concurrent_first_runs_download_once(home, server, zips, monkeypatch):
+    monkeypatch.setenv("TOTALSEG_DOWNLOAD_TIMEOUT", "60")  # eight processes starting torch at once on 2 cores
     server.routes[_path(BREASTS)] = Route(zips[BREASTS])
     command = [sys.executable, "-m", "totalseg.cli.download_weights", "-t", "breasts", "-q"]
     results = _parallel([command] * 8)

@@ -55,6 +55,8 @@ Progress = Callable[[str], None]
 
 # Labels of remove_outside tasks must lie within this distance of the named organs.
 REMOVE_OUTSIDE_MM = 10.0
+# vertebrae_pp_refined clips its labels to this task's vertebral bodies (label 1).
+REFINE_BODIES_TASK = "vertebrae_body"
 
 
 def _quiet(_: str) -> None:
@@ -86,7 +88,7 @@ def run_models(vol: Volume, task: Task, models: Sequence[Model], multi_model: bo
     labels = pieces[0] if len(pieces) == 1 else split.join(pieces, data.shape[2])
     if task.auxiliary:
         labels[np.isin(labels, list(task.auxiliary))] = 0
-    postprocess.apply(task.postprocess, labels, task.classes, float(np.prod(spacing)))
+    postprocess.apply(task.postprocess, labels, task.classes, spacing)
     return labels
 
 
@@ -106,6 +108,12 @@ def predict(image: Volume, task: Task, models: Sequence[Model], spacing, options
 # Crop models: (task, mode) whose output the official tool crops to.
 _CROP_CT, _CROP_CT_ROBUST, _CROP_MR, _CROP_BODY = ("total", "fastest"), ("total", "fast"), \
     ("total_mr", "fast"), ("body", "fast")
+
+
+def _robust_crop(task: Task, options: Options) -> bool:
+    """Crop with the 3 mm model: asked for (-rc), set by the task (it wins over the flag, as in the
+    official tool), or a roi_subset on MR."""
+    return options.robust_crop or task.robust_crop or bool(options.roi_subset and task.modality == "mr")
 
 
 def _crop_source(task: Task, classes: Sequence[str], robust: bool) -> tuple[Task, str]:
@@ -153,11 +161,25 @@ def required_models(task: Task, options: Options) -> list[Model]:
     if crop_classes and task.crop_model is not None:
         models += required_models(get_task(task.crop_model), Options())
     elif crop_classes:
-        source, mode_name = _crop_source(task, crop_classes, options.robust_crop or bool(roi and task.modality == "mr"))
+        source, mode_name = _crop_source(task, crop_classes, _robust_crop(task, options))
         models += [get_model(i) for i in source.modes[mode_name].models]
     elif options.body_seg and task.modality != "mr":
         models += [get_model(i) for i in get_task("body").modes["fast"].models]
+    if task.postprocess == "vertebrae_pp_refined":
+        models += [get_model(i) for i in get_task(REFINE_BODIES_TASK).modes["default"].models]
     return models
+
+
+def _refine_vertebrae(image: Volume, labels: np.ndarray, task: Task, options: Options,
+                      progress: Progress) -> np.ndarray:
+    """vertebrae_pp_refined: clip ``labels`` (image grid) to vertebrae_body run on the whole image."""
+    progress("  refining with the vertebral bodies")
+    source = get_task(REFINE_BODIES_TASK)
+    mode = source.modes["default"]
+    # The official tool runs it uncropped and never split, whatever -bs / -fs say.
+    bodies = predict(image, source, [get_model(i) for i in mode.models], mode.resample,
+                     replace(options, force_split=False), False, progress).labels
+    return postprocess.refine_vertebrae(labels, bodies, task.classes, image.zooms)
 
 
 def segment(image: Volume, task: Task, options: Options, progress: Progress = _quiet) -> Result:
@@ -185,7 +207,7 @@ def segment(image: Volume, task: Task, options: Options, progress: Progress = _q
                                                     body_seg=False), progress).labels
             addon = task.crop_addon
         else:
-            source, mode_name = _crop_source(task, crop_classes, options.robust_crop or bool(roi and task.modality == "mr"))
+            source, mode_name = _crop_source(task, crop_classes, _robust_crop(task, options))
             organs = _crop_labels(image, source, mode_name, options, progress)
             addon = (20.0, 20.0, 20.0)
         box = cropping.mask_box(_class_mask(organs, source, crop_classes), image.zooms, addon)
@@ -205,6 +227,8 @@ def segment(image: Volume, task: Task, options: Options, progress: Progress = _q
     work = image if box is None else cropping.crop(image, box)
     pred = predict(work, task, models, mode.resample, options, multi_model, progress)
     labels = pred.labels if box is None else cropping.uncrop(pred.labels, box, image.shape)
+    if task.postprocess == "vertebrae_pp_refined":
+        labels = _refine_vertebrae(image, labels, task, options, progress)
     if roi:
         labels[~np.isin(labels, list(class_map))] = 0
     if keep_mask is not None:

@@ -22,7 +22,8 @@ PY
 export TOTALSEG_HOME_DIR="$HOME_COPY"
 mkdir -p "$OUT"
 cases=("$@")
-[ ${#cases[@]} -gt 0 ] || cases=(pleural_pericard_effusion oculomotor_muscles tissue_types heartchambers_highres)
+[ ${#cases[@]} -gt 0 ] || cases=(pleural_pericard_effusion oculomotor_muscles tissue_types heartchambers_highres vertebrae_pp
+                                     vertebrae_pp_refined)
 for c in "${cases[@]}"; do
     start=$(date +%s)
     "$TS" -i "$REF/example_ct_sm.nii.gz" -o "$OUT/$c.nii.gz" -ta "$c" --ml -d cpu -q

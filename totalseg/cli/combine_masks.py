@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from totalseg.cli.common import run
 from totalseg.errors import UserError
 
 _GROUPS = ["lung", "lung_left", "lung_right", "vertebrae", "ribs", "vertebrae_ribs", "heart", "pelvis", "body"]
@@ -25,24 +26,24 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        from totalseg.assemble.combine import combine_masks
-        from totalseg.write.labelmap import with_label_table
-        from totalseg.write.nifti import save_atomic
+    return run(lambda: _run(args))
 
-        if not (args.output.name.endswith(".nii.gz") or args.output.name.endswith(".nii")):
-            raise UserError(f"the output is one NIfTI file: give -o a name ending in .nii.gz (got {args.output})")
-        if args.output.is_dir():
-            raise UserError(f"the output {args.output} is a folder; give a file name ending in .nii.gz")
-        img = combine_masks(args.input, args.masks)
-        if args.multilabel:
-            img = with_label_table(img, {1: args.masks})
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        save_atomic(img, args.output)
-        return 0
-    except UserError as e:
-        print(f"ERROR: {e}", file=sys.stderr)
-        return 1
+
+def _run(args) -> int:
+    from totalseg.assemble.combine import combine_masks
+    from totalseg.write.labelmap import with_label_table
+    from totalseg.write.nifti import save_atomic
+
+    if not (args.output.name.endswith(".nii.gz") or args.output.name.endswith(".nii")):
+        raise UserError(f"the output is one NIfTI file: give -o a name ending in .nii.gz (got {args.output})")
+    if args.output.is_dir():
+        raise UserError(f"the output {args.output} is a folder; give a file name ending in .nii.gz")
+    img = combine_masks(args.input, args.masks)
+    if args.multilabel:
+        img = with_label_table(img, {1: args.masks})
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    save_atomic(img, args.output)
+    return 0
 
 
 if __name__ == "__main__":

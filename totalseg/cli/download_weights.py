@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from totalseg.errors import UserError
+from totalseg.cli.common import run, progress
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -22,33 +22,30 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        from totalseg import config
-        from totalseg.install import ensure_installed, source_from_environment
-        from totalseg.registry import get_model, get_task, task_names
+    return run(lambda: _run(args), interrupted="interrupted; the weights folder holds only complete models")
 
-        say = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
-        requested = args.task or ["total"]
-        source = source_from_environment()
-        if "all" in requested:
-            names = [n for n in task_names() if source.license_number or not get_task(n).licensed]
-            if not source.license_number:
-                say("Skipping the licensed tasks: no licence is set (totalseg_set_license -l KEY)")
-        else:
-            names = list(dict.fromkeys(requested))
-        for name in names:  # every problem with the request before any download
-            if get_task(name).licensed:
-                config.require_license(name)
-        models = [get_model(i) for name in names for i in get_task(name).download]
-        installed = ensure_installed(models, source, quiet=args.quiet, say=say)
-        say(f"{len(installed)} model(s) downloaded; {len({m.id for m in models}) - len(installed)} already installed")
-        return 0
-    except UserError as e:
-        print(f"ERROR: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("ERROR: interrupted; the weights folder holds only complete models", file=sys.stderr)
-        return 1
+
+def _run(args) -> int:
+    from totalseg import config
+    from totalseg.install import ensure_installed, source_from_environment
+    from totalseg.registry import get_model, get_task, task_names
+
+    say = progress(args.quiet)
+    requested = args.task or ["total"]
+    source = source_from_environment()
+    if "all" in requested:
+        names = [n for n in task_names() if source.license_number or not get_task(n).licensed]
+        if not source.license_number:
+            say("Skipping the licensed tasks: no licence is set (totalseg_set_license -l KEY)")
+    else:
+        names = list(dict.fromkeys(requested))
+    for name in names:  # every problem with the request before any download
+        if get_task(name).licensed:
+            config.require_license(name)
+    models = [get_model(i) for name in names for i in get_task(name).download]
+    installed = ensure_installed(models, source, quiet=args.quiet, say=say)
+    say(f"{len(installed)} model(s) downloaded; {len({m.id for m in models}) - len(installed)} already installed")
+    return 0
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from totalseg.cli.common import progress, run, write_result
 from totalseg.errors import UserError
 
 
@@ -25,29 +26,24 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        import json
+    return run(lambda: _run(args))
 
-        from totalseg.classify.modality import modality
-        from totalseg.load.nifti import load_nifti
-        from totalseg.write.statistics import write_statistics
 
-        if not args.input.exists():
-            raise UserError(f"the input file does not exist: {args.input}")
-        if args.output.is_dir():
-            raise UserError(f"the output {args.output} is a folder; give a .json file name")
-        say = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
-        image = load_nifti(args.input)
-        result = modality(_as_nifti(image), args.normalized, args.model, device=args.device,
-                          quiet=args.quiet, say=say)
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        write_statistics(result, args.output)
-        if not args.quiet:
-            print(json.dumps(result, indent=4))
-        return 0
-    except UserError as e:
-        print(f"ERROR: {e}", file=sys.stderr)
-        return 1
+def _run(args) -> int:
+    from totalseg.classify.modality import modality
+    from totalseg.load.nifti import load_nifti
+
+    if not args.input.exists():
+        raise UserError(f"the input file does not exist: {args.input}")
+    if args.output.is_dir():
+        raise UserError(f"the output {args.output} is a folder; give a .json file name")
+    say = progress(args.quiet)
+    image = load_nifti(args.input)
+    result = modality(_as_nifti(image), args.normalized, args.model, device=args.device,
+                      quiet=args.quiet, say=say)
+    write_result(result, args.output, args.quiet)
+    return 0
+
 
 
 def _as_nifti(image):

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
+from totalseg.cli.common import progress, run, write_result
 from totalseg.errors import UserError
 
 
@@ -28,8 +30,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _read_stats(path: Path) -> dict:
-    import json
-
     try:
         stats = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -43,30 +43,24 @@ def _read_stats(path: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        import json
+    return run(lambda: _run(args))
 
-        from totalseg.classify.phase import contrast_phase
-        from totalseg.write.statistics import write_statistics
 
-        if args.input is None and args.stats is None:
-            raise UserError("give the CT with -i (or its statistics with -s)")
-        if args.input is not None and not args.input.exists():
-            raise UserError(f"the input file does not exist: {args.input}")
-        if args.output.is_dir():
-            raise UserError(f"the output {args.output} is a folder; give a .json file name")
-        say = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
-        stats = _read_stats(args.stats) if args.stats is not None else None
-        result = contrast_phase(args.input, stats_total=stats, model_path=args.model, device=args.device,
-                                quiet=args.quiet, say=say)
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        write_statistics(result, args.output)
-        if not args.quiet:
-            print(json.dumps(result, indent=4))
-        return 0
-    except UserError as e:
-        print(f"ERROR: {e}", file=sys.stderr)
-        return 1
+def _run(args) -> int:
+    from totalseg.classify.phase import contrast_phase
+
+    if args.input is None and args.stats is None:
+        raise UserError("give the CT with -i (or its statistics with -s)")
+    if args.input is not None and not args.input.exists():
+        raise UserError(f"the input file does not exist: {args.input}")
+    if args.output.is_dir():
+        raise UserError(f"the output {args.output} is a folder; give a .json file name")
+    say = progress(args.quiet)
+    stats = _read_stats(args.stats) if args.stats is not None else None
+    result = contrast_phase(args.input, stats_total=stats, model_path=args.model, device=args.device,
+                            quiet=args.quiet, say=say)
+    write_result(result, args.output, args.quiet)
+    return 0
 
 
 if __name__ == "__main__":

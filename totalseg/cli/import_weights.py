@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from totalseg.errors import UserError
+from totalseg.cli.common import run
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,18 +23,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        from totalseg.install import import_archive
+    return run(lambda: _run(args), interrupted="interrupted; the weights folder holds only complete models")
 
-        for path in [p for group in args.weights_file for p in group]:
-            import_archive(path, quiet=args.quiet)
-        return 0
-    except UserError as e:
-        print(f"ERROR: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("ERROR: interrupted; the weights folder holds only complete models", file=sys.stderr)
-        return 1
+
+def _run(args) -> int:
+    from totalseg.install import import_archive
+
+    for path in [p for group in args.weights_file for p in group]:
+        import_archive(path, quiet=args.quiet)
+    return 0
 
 
 if __name__ == "__main__":

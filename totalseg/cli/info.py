@@ -11,7 +11,7 @@ import json
 import sys
 
 from totalseg import OFFICIAL_VERSION
-from totalseg.errors import UserError
+from totalseg.cli.common import run
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -87,33 +87,33 @@ def _registry_json(tasks: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        from totalseg.registry import get_task, task_names
+    return run(lambda: _run(args))
 
-        tasks = list(dict.fromkeys(args.task)) if args.task else task_names()
-        for t in tasks:
-            get_task(t)
-        if args.list_tasks:
-            from totalseg.registry.listing import format_task_list
 
-            print(json.dumps(tasks, indent=2) if args.json else format_task_list())
-        elif args.classes:
-            from totalseg.registry.listing import format_class_list
+def _run(args) -> int:
+    from totalseg.registry import get_task, task_names
 
-            names = tasks if args.task else ["total"]
-            if args.json:
-                print(json.dumps(_registry_json(names)["tasks"], indent=2))
-            else:
-                print("\n\n".join(format_class_list(t) for t in names))
-        elif args.json and not args.weights:
-            print(json.dumps(_registry_json(tasks), indent=2))
+    tasks = list(dict.fromkeys(args.task)) if args.task else task_names()
+    for t in tasks:
+        get_task(t)
+    if args.list_tasks:
+        from totalseg.registry.listing import format_task_list
+
+        print(json.dumps(tasks, indent=2) if args.json else format_task_list())
+    elif args.classes:
+        from totalseg.registry.listing import format_class_list
+
+        names = tasks if args.task else ["total"]
+        if args.json:
+            print(json.dumps(_registry_json(names)["tasks"], indent=2))
         else:
-            report = weights_report(tasks)
-            print(json.dumps(report, indent=2) if args.json else format_weights_report(report))
-        return 0
-    except UserError as e:
-        print(f"ERROR: {e}", file=sys.stderr)
-        return 1
+            print("\n\n".join(format_class_list(t) for t in names))
+    elif args.json and not args.weights:
+        print(json.dumps(_registry_json(tasks), indent=2))
+    else:
+        report = weights_report(tasks)
+        print(json.dumps(report, indent=2) if args.json else format_weights_report(report))
+    return 0
 
 
 if __name__ == "__main__":

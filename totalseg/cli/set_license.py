@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from totalseg.errors import UserError
+from totalseg.cli.common import run
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -22,28 +22,25 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        from totalseg import config
-        from totalseg.install.license import validate_license
-        from totalseg.install.source import source_from_environment
+    return run(lambda: _run(args), interrupted="interrupted; nothing was stored")
 
-        key = args.license_number.strip()
-        config.check_license_format(key)
-        stored = config.read_config()
-        if stored.get("license_number") == key:
-            print("This licence number is already set.")
-            return 0
-        if not args.skip_validation:
-            validate_license(key, source_from_environment(stored))
-        config.update_config({"license_number": key})
-        print("Licence number set.")
+
+def _run(args) -> int:
+    from totalseg import config
+    from totalseg.install.license import validate_license
+    from totalseg.install.source import source_from_environment
+
+    key = args.license_number.strip()
+    config.check_license_format(key)
+    stored = config.read_config()
+    if stored.get("license_number") == key:
+        print("This licence number is already set.")
         return 0
-    except UserError as e:
-        print(f"ERROR: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("ERROR: interrupted; nothing was stored", file=sys.stderr)
-        return 1
+    if not args.skip_validation:
+        validate_license(key, source_from_environment(stored))
+    config.update_config({"license_number": key})
+    print("Licence number set.")
+    return 0
 
 
 if __name__ == "__main__":

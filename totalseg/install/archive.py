@@ -10,7 +10,7 @@ import shutil
 import stat
 import zipfile
 import zlib
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from totalseg.errors import WeightsError
 

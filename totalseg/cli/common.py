@@ -1,0 +1,40 @@
+"""What every command line shares: one-line errors with exit status 1, and progress on stderr."""
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from totalseg.errors import UserError
+
+
+def run(body: Callable[[], int], interrupted: str = "interrupted; nothing was written") -> int:
+    """Run a command; a user's mistake ends as ``ERROR: <one line>`` and status 1, never a traceback."""
+    try:
+        return body()
+    except UserError as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"ERROR: {interrupted}", file=sys.stderr)
+    except MemoryError:
+        print("ERROR: out of memory; try --fast, --body_seg or --force_split", file=sys.stderr)
+    return 1
+
+
+def progress(quiet: bool) -> Callable[[str], None]:
+    """A message printer for stderr (silent with ``quiet``)."""
+    def say(message: str) -> None:
+        if not quiet:
+            print(message, file=sys.stderr, flush=True)
+    return say
+
+
+def write_result(result: dict, output, quiet: bool) -> None:
+    """A command's JSON result: written atomically to ``output`` and echoed unless ``quiet``."""
+    import json
+
+    from totalseg.write.statistics import write_statistics
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_statistics(result, output)
+    if not quiet:
+        print(json.dumps(result, indent=4))
