@@ -20,7 +20,7 @@ from totalseg.cli.totalsegmentator import main
 
 DATA = Path(__file__).parent / "data"
 EXTRA = DATA / "oracle_extra"
-EXTRA_CASES = ["pleural_pericard_effusion", "oculomotor_muscles", "tissue_types", "heartchambers_highres",
+EXTRA_CASES = ["pleural_pericard_effusion", "tissue_types", "heartchambers_highres",
                "vertebrae_pp", "vertebrae_pp_refined"]
 LICENCE = "aca_TESTTESTTEST12"
 # Oracle cases whose official run took 9-28 minutes on 2 cores (17 000+ tiles of a model that must run
@@ -80,3 +80,23 @@ def test_fast_refused_where_official_refuses(use_home, tmp_path, capsys):
                  "--fast", "-d", "cpu"]) == 1
     assert "--fast" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_oculomotor_muscles_end_to_end(use_home, tmp_path):
+    """A seed subtask without an official output (its official run needs 45+ minutes here): crop to the skull,
+    0.47 x 0.47 x 0.85 mm model; the output has the input's grid and only the task's labels."""
+    import nibabel as nib
+    import numpy as np
+
+    from totalseg.registry import get_task
+    from totalseg.write.labelmap import load_multilabel_nifti
+
+    out = tmp_path / "oculomotor_muscles.nii.gz"
+    _run(["-i", str(REF / "example_ct_sm.nii.gz"), "-o", str(out), "-ta", "oculomotor_muscles", "--ml"], tmp_path)
+    ref, img = nib.load(REF / "example_ct_sm.nii.gz"), nib.load(out)
+    assert img.shape == ref.shape and np.allclose(img.affine, ref.affine) and img.get_data_dtype() == np.uint8
+    task = get_task("oculomotor_muscles")
+    labels = np.unique(np.asanyarray(img.dataobj))
+    assert set(labels.tolist()) <= {0, *task.classes} and len(labels) > 1
+    assert load_multilabel_nifti(out)[1] == task.classes
