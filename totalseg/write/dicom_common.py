@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from totalseg.errors import UserError
+from totalseg.write.atomic import write_atomic
 
 __all__ = ["ClassCode", "class_code", "save_dataset_atomic", "MANUFACTURER"]
 
@@ -54,16 +52,14 @@ def class_code(name: str, label: int) -> ClassCode:
 
 
 def save_dataset_atomic(ds, path: Path) -> None:
-    """Write a pydicom dataset to ``path`` via a temporary file in the same folder and a rename."""
+    """Write a pydicom dataset to ``path`` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        ds.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write {path}: {e.strerror or e}; check the folder and free disk space") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda tmp: ds.save_as(tmp, enforce_file_format=True))
+
+
+def present_labels(stack, class_map) -> list[int]:
+    """The task's labels that occur in ``stack``, in label order."""
+    import numpy as np
+
+    return [int(k) for k in np.unique(stack) if k and int(k) in class_map]

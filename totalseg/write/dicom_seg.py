@@ -15,7 +15,7 @@ import numpy as np
 
 from totalseg import __version__
 from totalseg.load.dicom import DicomSource
-from totalseg.write.dicom_common import MANUFACTURER, class_code, save_dataset_atomic
+from totalseg.write.dicom_common import MANUFACTURER, class_code, present_labels, save_dataset_atomic
 
 __all__ = ["build_dicom_seg", "save_dicom_seg"]
 
@@ -60,7 +60,7 @@ def build_dicom_seg(labels: np.ndarray, source: DicomSource, class_map: Mapping[
     import highdicom as hd
 
     stack = source.to_stack(labels)
-    present = [int(k) for k in np.unique(stack) if k and int(k) in class_map]
+    present = present_labels(stack, class_map)
     if not present:
         return None
     lut = np.zeros(int(stack.max()) + 1, dtype=np.uint16)

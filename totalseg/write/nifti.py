@@ -12,6 +12,7 @@ import nibabel as nib
 import numpy as np
 
 from totalseg.errors import UserError
+from totalseg.write.atomic import write_atomic
 from totalseg.write.labelmap import with_label_table
 
 
@@ -24,23 +25,9 @@ def label_image(labels: np.ndarray, affine: np.ndarray, header: nib.Nifti1Header
     return img
 
 
-def _temporary(path: Path) -> Path:
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
-    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{suffix}")
-
-
 def save_atomic(img: nib.Nifti1Image, path: Path) -> None:
     """Save ``img`` to ``path`` so that ``path`` is either absent/old or complete, never partial."""
-    tmp = _temporary(path)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write {path}: {e.strerror or e}; check the folder and free disk space") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda tmp: nib.save(img, tmp))
 
 
 def save_multilabel(labels: np.ndarray, affine, header, class_map: Mapping[int, str], path: Path) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 
 from totalseg import __version__
 from totalseg.load.dicom import DicomSource
-from totalseg.write.dicom_common import MANUFACTURER, class_code, save_dataset_atomic
+from totalseg.write.dicom_common import MANUFACTURER, class_code, present_labels, save_dataset_atomic
 
 __all__ = ["trace_contours", "build_rtstruct", "save_rtstruct"]
 
@@ -141,7 +141,7 @@ def build_rtstruct(labels: np.ndarray, source: DicomSource, class_map: Mapping[i
     from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
     stack = source.to_stack(labels)
-    present = [int(k) for k in np.unique(stack) if k and int(k) in class_map]
+    present = present_labels(stack, class_map)
     if not present:
         return None
     headers = source.reference_headers(warn)
