@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from totalseg.errors import UserError
+from totalseg.predict.kernel_checks import KernelChecks
 from totalseg.predict.model import LoadedModel
 from totalseg.predict.sliding_window import predict_logits
 from totalseg.prepare.normalise import nonzero_bbox, normalise_channel
@@ -39,10 +40,12 @@ def segment(image_xyz: np.ndarray, spacing_xyz, model: LoadedModel, step: float)
     resampled = tuple(target) != tuple(shape)
     if resampled:  # the task gave no spacing: nnU-Net brings the image to the plans' spacing itself
         data = resample_data(data, target, spacing, plans.spacing, **plans.resampling_data)
-    logits = predict_logits(model.networks, data, plans.patch_size, step, plans.num_heads)
+    logits = predict_logits(model.networks, data, plans.patch_size, step, plans.num_heads,
+                            KernelChecks(model.folder))
     import torch
 
-    if torch.isinf(logits).any():
+    low, high = torch.aminmax(logits)  # one pass; isinf() would build a mask of the whole volume
+    if torch.isinf(low) or torch.isinf(high):
         raise UserError("the network produced infinite values (fp16 overflow); the weights may be corrupt")
     if resampled:
         labels = resampled_argmax(logits.numpy(), shape, plans.spacing, spacing, **plans.resampling_probabilities)

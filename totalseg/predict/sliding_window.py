@@ -13,6 +13,8 @@ from functools import lru_cache
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from totalseg.predict.kernel_checks import KernelChecks
+
 
 def tile_starts(size: int, patch: int, step: float) -> list[int]:
     """Tile origins along one axis: as few as the step allows, spread evenly, rounded half-even."""
@@ -123,8 +125,36 @@ def network_outputs(net, volume, tiles, workers: int = 1):
         torch.set_num_threads(threads)
 
 
-def predict_logits(networks, data: np.ndarray, patch, step: float, num_heads: int):
-    """Averaged fp16 logits (heads, *spatial) of ``networks`` (folds) over (C, *spatial) float32 data."""
+def _accumulator(net, volume, tiles, workers, num_heads, weight, shape, checks):
+    """Sum of the Gaussian-weighted outputs of ``net`` over ``tiles`` and the sum of the weights
+    (both float16, nnU-Net's order of additions)."""
+    import torch
+
+    from totalseg.predict.lean_unet import LeanUNet
+
+    logits = torch.zeros((num_heads, *shape), dtype=torch.float16)
+    norm = torch.zeros(shape, dtype=torch.float16)
+    if workers <= 1 and LeanUNet.supports(net):
+        lean = LeanUNet(net, checks)
+        for tile in tiles:
+            target = logits[(slice(None), *tile)]
+            lean.add_weighted(volume[(slice(None), *tile)][None], weight,
+                              lambda z, out: target[:, z].add_(out))
+            del target
+            norm[tile] += weight
+        return logits, norm
+    for i, out in enumerate(network_outputs(net, volume, tiles, workers)):
+        tile = tiles[i]
+        out *= weight
+        logits[(slice(None), *tile)] += out
+        norm[tile] += weight
+    return logits, norm
+
+
+def predict_logits(networks, data: np.ndarray, patch, step: float, num_heads: int,
+                   checks: KernelChecks | None = None):
+    """Averaged fp16 logits (heads, *spatial) of ``networks`` (folds) over (C, *spatial) float32 data;
+    ``checks`` remembers which exact shortcuts hold for these networks on this machine."""
     import torch
 
     padded, keep = pad_to_patch(data, patch)
@@ -138,15 +168,12 @@ def predict_logits(networks, data: np.ndarray, patch, step: float, num_heads: in
     with torch.inference_mode():
         for net in networks:
             workers = tile_workers(net, volume[(slice(None), *tiles[0])][None]) if len(tiles) > 8 else 1
-            logits = torch.zeros((num_heads, *padded.shape[1:]), dtype=torch.float16)
-            norm = torch.zeros(padded.shape[1:], dtype=torch.float16)
-            for i, out in enumerate(network_outputs(net, volume, tiles, workers)):
-                tile = tiles[i]
-                out *= weight
-                logits[(slice(None), *tile)] += out
-                norm[tile] += weight
+            logits, norm = _accumulator(net, volume, tiles, workers, num_heads, weight, padded.shape[1:],
+                                        checks)
             logits /= norm
+            del norm
             total = logits if total is None else total.add_(logits)
+            del logits
         if len(networks) > 1:
             total /= len(networks)
     torch.set_flush_denormal(False)
