@@ -9,9 +9,12 @@ torch = pytest.importorskip("torch")
 
 from dynamic_network_architectures.architectures.unet import PlainConvUNet  # noqa: E402
 
-from totalseg.predict.kernel_checks import FILE_NAME, KernelChecks  # noqa: E402
+from totalseg.predict.kernel_checks import KernelChecks  # noqa: E402
 from totalseg.predict.lean_unet import SEG_SLAB, LeanUNet  # noqa: E402
 from totalseg.predict.sliding_window import gaussian_weights, predict_logits  # noqa: E402
+
+
+CHECKS = "kernel_checks.json"
 
 
 def _net(classes: int = 7) -> PlainConvUNet:
@@ -31,6 +34,8 @@ def _net(classes: int = 7) -> PlainConvUNet:
 
 
 def test_lean_forward_equals_network_bitwise(tmp_path):
+    """First run (checks every slab shortcut against the whole layer) and second run (trusts the
+    stored answers) both give the network's own weighted output, bit for bit."""
     net = _net()
     patch = (48, 40, 32)
     tile = torch.randn(1, 1, *patch) * 2
@@ -41,18 +46,17 @@ def test_lean_forward_equals_network_bitwise(tmp_path):
         out = net(tile.clone())[0]
         out *= weight
         reference += out
-        lean_sum = torch.zeros_like(reference)
-        slabs = []
-
-        def add(z, slab):
-            slabs.append(z)
-            lean_sum[:, z].add_(slab)
-
-        LeanUNet(net, KernelChecks(tmp_path)).add_weighted(tile.clone(), weight, add)
-    assert torch.equal(lean_sum, reference)
-    saved = json.loads((tmp_path / FILE_NAME).read_text())
-    assert len(saved) == 1
-    (exact,) = saved.values()
+        for run in range(2):
+            lean_sum = torch.zeros_like(reference)
+            slabs = []
+            for z, slab in LeanUNet(net, KernelChecks(tmp_path / CHECKS)).weighted_slabs(tile.clone(), weight):
+                slabs.append(z)
+                lean_sum[:, z].add_(slab)
+            assert torch.equal(lean_sum, reference), f"run {run}"
+    saved = json.loads((tmp_path / CHECKS).read_text())
+    # one answer for the segmentation layer, one per convolution shape computed in slabs
+    assert any("|same " in k for k in saved) and any("|up " in k for k in saved)
+    (exact,) = [v for k, v in saved.items() if "|seg " in k]
     # with the slab split exact, the output came in slabs; otherwise in one piece
     assert len(slabs) == (-(-patch[0] // SEG_SLAB) if exact else 1)
 
@@ -63,13 +67,12 @@ def test_remembered_check_is_used(tmp_path):
     patch = (32, 32, 32)
     weight = torch.from_numpy(gaussian_weights(patch).copy())
     with torch.inference_mode():
-        lean = LeanUNet(net, KernelChecks(tmp_path))
-        lean.add_weighted(torch.randn(1, 1, *patch), weight, lambda z, o: None)
-        key = next(iter(json.loads((tmp_path / FILE_NAME).read_text())))
-        KernelChecks(tmp_path).put(key, False)
-        calls = []
-        LeanUNet(net, KernelChecks(tmp_path)).add_weighted(torch.randn(1, 1, *patch), weight,
-                                                           lambda z, o: calls.append(z))
+        lean = LeanUNet(net, KernelChecks(tmp_path / CHECKS))
+        list(lean.weighted_slabs(torch.randn(1, 1, *patch), weight))
+        key = next(k for k in json.loads((tmp_path / CHECKS).read_text()) if "|seg " in k)
+        KernelChecks(tmp_path / CHECKS).put(key, False)
+        calls = [z for z, _ in LeanUNet(net, KernelChecks(tmp_path / CHECKS)).weighted_slabs(
+            torch.randn(1, 1, *patch), weight)]
     assert calls == [slice(0, patch[0])]
 
 
@@ -80,7 +83,7 @@ def test_predict_logits_unchanged_by_lean_path(tmp_path, monkeypatch):
     net = _net(5)
     data = np.random.default_rng(0).normal(size=(1, 70, 45, 38)).astype(np.float32)
     patch = (32, 32, 32)
-    lean = predict_logits([net], data, patch, 0.5, 5, KernelChecks(tmp_path))
+    lean = predict_logits([net], data, patch, 0.5, 5, KernelChecks(tmp_path / CHECKS))
     monkeypatch.setattr(LeanUNet, "supports", staticmethod(lambda n: False))
     plain = predict_logits([net], data, patch, 0.5, 5)
     assert torch.equal(lean, plain)
@@ -91,8 +94,29 @@ def test_unwritable_folder_keeps_answers_in_memory(tmp_path):
     folder.mkdir()
     folder.chmod(0o500)
     try:
-        checks = KernelChecks(folder)
+        checks = KernelChecks(folder / "sub" / CHECKS)
         checks.put("k", True)
         assert checks.get("k") is True
     finally:
         folder.chmod(0o700)
+
+
+@pytest.mark.parametrize("lean", [True, False])
+def test_streamed_labels_equal_whole_volume_argmax(tmp_path, monkeypatch, lean):
+    """Labels from the patch-deep sliding window = argmax of the whole-volume fp16 sums, with several
+    tile rows along the first axis (uneven spacing) and padding on another axis."""
+    import numpy as np
+
+    from totalseg.predict.sliding_window import predict_labels, tile_grid
+
+    net = _net(5)
+    data = np.random.default_rng(1).normal(size=(1, 101, 37, 45)).astype(np.float32)
+    patch = (32, 40, 32)
+    assert len({t[0].start for t in tile_grid((101, 40, 45), patch, 0.5)}) >= 5
+    if not lean:
+        monkeypatch.setattr(LeanUNet, "supports", staticmethod(lambda n: False))
+    whole = predict_logits([net], data, patch, 0.5, 5, KernelChecks(tmp_path / CHECKS))
+    streamed = predict_labels([net], data, patch, 0.5, 5, np.uint16, KernelChecks(tmp_path / CHECKS))
+    assert streamed.dtype == np.uint16 and streamed.shape == data.shape[1:]
+    assert np.array_equal(streamed, whole.argmax(0).numpy())
+    assert len(np.unique(streamed)) > 1

@@ -2,9 +2,9 @@
 
 Whether a convolution on a slab equals the same convolution on the whole map depends on the kernel
 the library picks, which depends on shapes, thread count, CPU and torch version, not on the data.
-The answers are kept in a small JSON file beside the model's official files, so the check (which
-needs the whole output once) runs on the first use only. A folder that cannot be written is fine:
-the check then runs in each process.
+The answers are kept in a small JSON file per model under ``<home>/kernel_checks/`` (the model
+folders stay as installed), so the check (which needs the whole output once) runs on the first use
+only. A place that cannot be written is fine: the check then runs in each process.
 """
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import platform
 import secrets
 from pathlib import Path
 
-FILE_NAME = "totalseg_kernel_checks.json"
 
 
 def machine_key() -> str:
@@ -33,10 +32,10 @@ def machine_key() -> str:
 
 
 class KernelChecks:
-    """A persistent ``key -> bool`` map in ``folder/totalseg_kernel_checks.json`` (or memory only)."""
+    """A persistent ``key -> bool`` map in the JSON file ``path`` (or in memory only)."""
 
-    def __init__(self, folder: Path | None = None):
-        self.path = None if folder is None else Path(folder) / FILE_NAME
+    def __init__(self, path: Path | None = None):
+        self.path = None if path is None else Path(path)
         self._answers: dict[str, bool] = {}
         if self.path is not None:
             try:
@@ -54,6 +53,7 @@ class KernelChecks:
             return
         tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.tmp")
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp.write_text(json.dumps(self._answers, indent=1, sort_keys=True))
             os.replace(tmp, self.path)
         except OSError:  # read-only weights: remember for this process only

@@ -1,24 +1,103 @@
 """A U-Net forward pass that holds less memory at once and gives the same numbers.
 
 nnU-Net's networks (dynamic-network-architectures) keep every skip connection and every
-intermediate tensor alive until the forward pass returns, and produce the whole
-``classes x patch`` output before it is weighted and added up. Here the same modules are called
-in the same order on the same tensors, but each tensor is dropped as soon as nothing needs it,
-and the 1x1x1 segmentation layer runs on slabs of the last feature map whose weighted output goes
-straight into the fp16 sum; instance normalisation overwrites its input (torch's own batch-norm
-kernel, which instance norm of one sample is). The arithmetic is torch's own; the slab split of
-the 1x1x1 layer is checked against the whole layer once per shape (a convolution library may pick
-another kernel for another size).
+intermediate tensor alive until the forward pass returns, concatenate skip and upsampled maps into
+a new tensor, and produce the whole ``classes x patch`` output before it is weighted and added up.
+Here the same layers run in the same order on the same values, but:
+
+- each tensor is dropped as soon as nothing needs it;
+- convolutions run on slabs of CONV_SLAB output slices along the first spatial axis (input halo
+  included, zero-padded at the ends), so the concatenation and the convolution library's own
+  re-layout copies exist only slab by slab;
+- instance normalisation overwrites its input (torch's batch-norm kernel, which instance norm of
+  one sample is);
+- the 1x1x1 segmentation layer runs on slabs whose weighted output goes straight into the sum.
+
+A convolution library may pick another kernel (another order of additions) for another size, so
+each slab shortcut is compared with the whole layer, bit for bit, the first time a shape is met on
+a machine (answers kept in the home, see kernel_checks); a shortcut that differs is not used.
 """
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable
+from typing import Any, Iterator
 
 from totalseg.predict.kernel_checks import KernelChecks, machine_key
 
-# Output slabs of the segmentation layer, along the first spatial axis.
+# Output slabs of the segmentation layer and of the 3x3x3 convolutions, along the first spatial axis.
 SEG_SLAB = 16
+CONV_SLAB = 8
+
+
+def _concat(parts: list):
+    """The channel concatenation of ``parts`` (emptied)."""
+    import torch
+
+    x = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
+    parts.clear()
+    return x
+
+
+def _slab_kind(module) -> str | None:
+    """'same' for a stride-1 convolution with centred padding along the first axis, 'up' for a
+    transposed convolution whose kernel equals its stride there (each input slice makes its own
+    output slices); None for anything else (computed whole)."""
+    from torch import nn
+
+    if type(module) is nn.Conv3d:
+        k, st, pad = module.kernel_size[0], module.stride[0], module.padding
+        if (st == 1 and k % 2 == 1 and not isinstance(pad, str) and pad[0] == (k - 1) // 2
+                and module.dilation == (1, 1, 1) and module.groups == 1
+                and module.padding_mode == "zeros"):
+            return "same"
+    if type(module) is nn.ConvTranspose3d:
+        if (module.kernel_size[0] == module.stride[0] and module.padding == (0, 0, 0)
+                and module.output_padding == (0, 0, 0) and module.dilation == (1, 1, 1) and module.groups == 1):
+            return "up"
+    return None
+
+
+def _slab_conv(conv, parts: list):
+    """``conv(cat(parts))`` computed for CONV_SLAB output slices at a time; the input slab (with
+    its halo, zero rows past the volume's ends) is concatenated only slab by slab."""
+    import torch
+    import torch.nn.functional as F
+
+    depth = parts[0].shape[2]
+    if _slab_kind(conv) == "up":
+        f = conv.stride[0]
+        out = torch.empty((1, conv.out_channels, depth * f, *_up_shape(conv, parts[0].shape[3:])))
+        for z0 in range(0, depth, CONV_SLAB):
+            z1 = min(z0 + CONV_SLAB, depth)
+            piece = torch.cat([t[:, :, z0:z1] for t in parts], 1)
+            out[:, :, z0 * f:z1 * f] = conv(piece)
+        return out
+    p = conv.padding[0]
+    spatial = parts[0].shape[3:]
+    out = torch.empty((1, conv.out_channels, depth, *spatial))
+    # One input buffer for all slabs: the parts are copied in side by side (the concatenation)
+    # between zero rows where the halo runs past the volume's ends (the padding).
+    piece = torch.empty((1, sum(t.shape[1] for t in parts), CONV_SLAB + 2 * p, *spatial))
+    for z0 in range(0, depth, CONV_SLAB):
+        z1 = min(z0 + CONV_SLAB, depth)
+        lo, hi = max(z0 - p, 0), min(z1 + p, depth)
+        rows = z1 - z0 + 2 * p
+        before = p - (z0 - lo)
+        after = before + hi - lo
+        view = piece[:, :, :rows]
+        view[:, :, :before] = 0
+        view[:, :, after:] = 0
+        c = 0
+        for t in parts:
+            view[:, c:c + t.shape[1], before:after] = t[:, :, lo:hi]
+            c += t.shape[1]
+        out[:, :, z0:z1] = F.conv3d(view, conv.weight, conv.bias, 1, (0, *conv.padding[1:]))
+    return out
+
+
+def _up_shape(conv, spatial) -> tuple[int, ...]:
+    """In-plane output size of a transposed convolution (no padding)."""
+    return tuple((n - 1) * s + k for n, s, k in zip(spatial, conv.stride[1:], conv.kernel_size[1:]))
 
 
 def _instance_norm_in_place(norm, x):
@@ -88,18 +167,39 @@ class LeanUNet:
         k = decoder.seg_layers[-1].kernel_size
         return all(v == 1 for v in k)
 
-    @staticmethod
-    def _chain(modules: list, box: list):
-        """Apply ``modules`` to the only tensor in ``box``, holding no other reference to it."""
-        x = box.pop()
-        for m in modules:
-            x = m(x)
+    def _chain(self, modules: list, parts: list):
+        """Apply ``modules`` to the channel concatenation of the tensors in ``parts`` (taken out of
+        the list, so no other reference keeps them alive)."""
+        x = self._conv(modules[0], parts) if _slab_kind(modules[0]) else modules[0](_concat(parts))
+        for m in modules[1:]:
+            x = self._conv(m, [x]) if _slab_kind(m) else m(x)
         return x
+
+    def _conv(self, conv, parts: list):
+        """``conv(cat(parts))`` computed slab by slab along the first spatial axis when that was found
+        to give the same numbers (checked once against the whole convolution), else whole."""
+        import torch
+
+        depth = parts[0].shape[2]
+        if depth <= CONV_SLAB:
+            return conv(_concat(parts))
+        shapes = "+".join(str(tuple(t.shape)) for t in parts)
+        key = f"{machine_key()}|{_slab_kind(conv)} {tuple(conv.weight.shape)} on {shapes}|slab {CONV_SLAB}"
+        exact = self.checks.get(key)
+        if exact is None:
+            mine = _slab_conv(conv, parts)
+            whole = conv(_concat(parts))
+            exact = torch.equal(mine, whole)
+            self.checks.put(key, exact)
+            return whole
+        if exact:
+            out = _slab_conv(conv, parts)
+            parts.clear()
+            return out
+        return conv(_concat(parts))
 
     def features(self, tile):
         """The last decoder feature map (1, C, *patch) for an input tile (1, channels, *patch)."""
-        import torch
-
         if self.encoder_stages is None:
             skips = self.net.encoder(tile)
         else:
@@ -110,11 +210,12 @@ class LeanUNet:
             del x
         low = skips.pop()
         for transpconv, stage in zip(self.transpconvs, self.decoder_stages):
-            up = transpconv(low)
+            parts = [low]
             del low
-            box = [torch.cat((up, skips.pop()), 1)]
+            up = self._conv(transpconv, parts) if _slab_kind(transpconv) else transpconv(parts.pop())
+            parts = [up, skips.pop()]  # concatenated slab by slab by the stage's first convolution
             del up
-            low = self._chain(stage, box)
+            low = self._chain(stage, parts)
         return low
 
     def _slab_exact(self, features) -> bool:
@@ -133,14 +234,14 @@ class LeanUNet:
             self.checks.put(key, exact)
         return exact
 
-    def add_weighted(self, tile, weight, add: Callable) -> None:
-        """Run the network on ``tile``; ``add(slab_index, weighted_output_slab)`` receives
-        ``output * weight`` (float32, classes x slab) slab by slab along the first spatial axis."""
+    def weighted_slabs(self, tile, weight) -> Iterator[tuple[slice, Any]]:
+        """Run the network on ``tile`` (1, channels, *patch); yields ``(z, output[:, z] * weight[z])``
+        (float32, classes x slab) slab by slab along the first spatial axis."""
         features = self.features(tile)
         depth = features.shape[2]
         slab = SEG_SLAB if self._slab_exact(features) else depth
         for z in range(0, depth, slab):
             out = self.seg_layer(features[:, :, z:z + slab])[0]
             out *= weight[z:z + slab]
-            add(slice(z, z + slab), out)
+            yield slice(z, min(z + slab, depth)), out
             del out

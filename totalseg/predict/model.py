@@ -186,6 +186,7 @@ class LoadedModel:
     folder: Path
     plans: Plans
     networks: list = field(default_factory=list)
+    kernel_checks: Path | None = None  # where answers about exact shortcuts are kept (kernel_checks.py)
 
 
 def load_model(folder: Path, configuration: str, folds: tuple[int, ...] | None) -> LoadedModel:

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from totalseg.errors import UserError
 from totalseg.predict.kernel_checks import KernelChecks
 from totalseg.predict.model import LoadedModel
-from totalseg.predict.sliding_window import predict_logits
+from totalseg.predict.sliding_window import check_finite, predict_labels, predict_logits
 from totalseg.prepare.normalise import nonzero_bbox, normalise_channel
 from totalseg.prepare.nnunet_resample import resample_data, resampled_argmax, target_shape
 
@@ -40,18 +39,15 @@ def segment(image_xyz: np.ndarray, spacing_xyz, model: LoadedModel, step: float)
     resampled = tuple(target) != tuple(shape)
     if resampled:  # the task gave no spacing: nnU-Net brings the image to the plans' spacing itself
         data = resample_data(data, target, spacing, plans.spacing, **plans.resampling_data)
-    logits = predict_logits(model.networks, data, plans.patch_size, step, plans.num_heads,
-                            KernelChecks(model.folder))
-    import torch
-
-    low, high = torch.aminmax(logits)  # one pass; isinf() would build a mask of the whole volume
-    if torch.isinf(low) or torch.isinf(high):
-        raise UserError("the network produced infinite values (fp16 overflow); the weights may be corrupt")
-    if resampled:
-        labels = resampled_argmax(logits.numpy(), shape, plans.spacing, spacing, **plans.resampling_probabilities)
-    else:
-        labels = logits.argmax(0).numpy()
     dtype = np.uint8 if len(plans.labels) < 256 else np.uint16
+    checks = KernelChecks(model.kernel_checks)
+    if resampled:
+        logits = predict_logits(model.networks, data, plans.patch_size, step, plans.num_heads, checks)
+        check_finite(logits)
+        labels = resampled_argmax(logits.numpy(), shape, plans.spacing, spacing, **plans.resampling_probabilities)
+        del logits
+    else:
+        labels = predict_labels(model.networks, data, plans.patch_size, step, plans.num_heads, dtype, checks)
     out = np.zeros(tuple(full_shape), dtype=dtype)
     out[box] = labels
     out = out.transpose(plans.transpose_backward)

@@ -125,30 +125,45 @@ def network_outputs(net, volume, tiles, workers: int = 1):
         torch.set_num_threads(threads)
 
 
-def _accumulator(net, volume, tiles, workers, num_heads, weight, shape, checks):
-    """Sum of the Gaussian-weighted outputs of ``net`` over ``tiles`` and the sum of the weights
-    (both float16, nnU-Net's order of additions)."""
-    import torch
-
+def weighted_outputs(net, volume, tiles, weight, workers: int = 1, checks: KernelChecks | None = None):
+    """``(tile index, z, output * weight)`` for every tile in order, where ``z`` slices the tile's
+    first axis: whole tiles, or slabs of them from the memory-lean forward pass."""
     from totalseg.predict.lean_unet import LeanUNet
 
-    logits = torch.zeros((num_heads, *shape), dtype=torch.float16)
-    norm = torch.zeros(shape, dtype=torch.float16)
     if workers <= 1 and LeanUNet.supports(net):
         lean = LeanUNet(net, checks)
-        for tile in tiles:
-            target = logits[(slice(None), *tile)]
-            lean.add_weighted(volume[(slice(None), *tile)][None], weight,
-                              lambda z, out: target[:, z].add_(out))
-            del target
-            norm[tile] += weight
-        return logits, norm
+        for i, tile in enumerate(tiles):
+            for z, out in lean.weighted_slabs(volume[(slice(None), *tile)][None], weight):
+                yield i, z, out
+        return
+    whole = slice(0, weight.shape[0])
     for i, out in enumerate(network_outputs(net, volume, tiles, workers)):
-        tile = tiles[i]
         out *= weight
-        logits[(slice(None), *tile)] += out
-        norm[tile] += weight
-    return logits, norm
+        yield i, whole, out
+
+
+def check_finite(logits) -> None:
+    """nnU-Net's refusal of infinite logits (fp16 overflow), in one pass over the values."""
+    import torch
+
+    from totalseg.errors import UserError
+
+    low, high = torch.aminmax(logits)
+    if torch.isinf(low) or torch.isinf(high):
+        raise UserError("the network produced infinite values (fp16 overflow); the weights may be corrupt")
+
+
+def _workers(net, volume, tiles) -> int:
+    return tile_workers(net, volume[(slice(None), *tiles[0])][None]) if len(tiles) > 8 else 1
+
+
+def _prepare(data: np.ndarray, patch, step: float):
+    import torch
+
+    padded, keep = pad_to_patch(data, patch)
+    volume = torch.from_numpy(np.ascontiguousarray(padded))
+    weight = torch.from_numpy(gaussian_weights(tuple(patch)).copy())
+    return volume, weight, tile_grid(padded.shape[1:], patch, step), keep
 
 
 def predict_logits(networks, data: np.ndarray, patch, step: float, num_heads: int,
@@ -157,24 +172,88 @@ def predict_logits(networks, data: np.ndarray, patch, step: float, num_heads: in
     ``checks`` remembers which exact shortcuts hold for these networks on this machine."""
     import torch
 
-    padded, keep = pad_to_patch(data, patch)
-    volume = torch.from_numpy(np.ascontiguousarray(padded))
-    weight = torch.from_numpy(gaussian_weights(tuple(patch)).copy())
-    tiles = tile_grid(padded.shape[1:], patch, step)
+    volume, weight, tiles, keep = _prepare(data, patch, step)
+    shape = volume.shape[1:]
     total = None
     # Subnormal floats (below 1.2e-38) slow the CPU many times over and cannot move an fp16 logit
     # (this thread's setting; tile workers set their own).
     torch.set_flush_denormal(True)
-    with torch.inference_mode():
-        for net in networks:
-            workers = tile_workers(net, volume[(slice(None), *tiles[0])][None]) if len(tiles) > 8 else 1
-            logits, norm = _accumulator(net, volume, tiles, workers, num_heads, weight, padded.shape[1:],
-                                        checks)
-            logits /= norm
-            del norm
-            total = logits if total is None else total.add_(logits)
-            del logits
-        if len(networks) > 1:
-            total /= len(networks)
-    torch.set_flush_denormal(False)
+    try:
+        with torch.inference_mode():
+            for net in networks:
+                logits = torch.zeros((num_heads, *shape), dtype=torch.float16)
+                norm = torch.zeros(shape, dtype=torch.float16)
+                outputs = weighted_outputs(net, volume, tiles, weight, _workers(net, volume, tiles), checks)
+                for i, z, out in outputs:
+                    tile = tiles[i]
+                    target = (slice(tile[0].start + z.start, tile[0].start + z.stop), *tile[1:])
+                    logits[(slice(None), *target)] += out
+                    if z.start == 0:
+                        norm[tile] += weight
+                logits /= norm
+                del norm
+                total = logits if total is None else total.add_(logits)
+                del logits
+            if len(networks) > 1:
+                total /= len(networks)
+    finally:
+        torch.set_flush_denormal(False)
     return total[(slice(None), *keep)]
+
+
+def predict_labels(networks, data: np.ndarray, patch, step: float, num_heads: int, dtype,
+                   checks: KernelChecks | None = None) -> np.ndarray:
+    """``argmax`` of :func:`predict_logits` as ``dtype``, holding fp16 sums for one patch depth only.
+
+    Tiles come first-axis outermost, so once the tiles move on to a larger first-axis origin, the
+    slices before it get no more additions: they are divided, checked and turned into labels, and
+    the window moves on. Each voxel sees the same additions in the same order as in the whole-volume
+    sum, so the labels are the same. Ensembles of folds take the whole-volume path.
+    """
+    import torch
+
+    if len(networks) != 1:
+        logits = predict_logits(networks, data, patch, step, num_heads, checks)
+        check_finite(logits)
+        return logits.argmax(0).numpy().astype(dtype)
+    net = networks[0]
+    volume, weight, tiles, keep = _prepare(data, patch, step)
+    shape = volume.shape[1:]
+    depth = patch[0]
+    logits = torch.zeros((num_heads, depth, *shape[1:]), dtype=torch.float16)
+    norm = torch.zeros((depth, *shape[1:]), dtype=torch.float16)
+    labels = np.zeros(shape, dtype=dtype)
+    base = 0  # first-axis index of the window's first slice
+
+    def finish(n: int) -> None:
+        """Labels for the window's first ``n`` slices; then slide the window by ``n``."""
+        values = logits[:, :n]
+        values /= norm[:n]  # these slices are final: divide in place
+        check_finite(values)
+        labels[base:base + n] = values.argmax(0).numpy()
+        del values
+        # Slide in pieces of at most n slices, so no piece overlaps its own source.
+        for start in range(0, depth - n, n):
+            stop = min(start + n, depth - n)
+            logits[:, start:stop] = logits[:, start + n:stop + n]
+            norm[start:stop] = norm[start + n:stop + n]
+        logits[:, depth - n:] = 0
+        norm[depth - n:] = 0
+
+    torch.set_flush_denormal(True)
+    try:
+        with torch.inference_mode():
+            outputs = weighted_outputs(net, volume, tiles, weight, _workers(net, volume, tiles), checks)
+            for i, z, out in outputs:
+                tile = tiles[i]
+                if tile[0].start > base:
+                    finish(tile[0].start - base)
+                    base = tile[0].start
+                local = slice(tile[0].start - base + z.start, tile[0].start - base + z.stop)
+                logits[(slice(None), local, *tile[1:])] += out
+                if z.start == 0:
+                    norm[(slice(None), *tile[1:])] += weight
+            finish(depth)
+    finally:
+        torch.set_flush_denormal(False)
+    return labels[keep]
