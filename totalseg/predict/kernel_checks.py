@@ -9,26 +9,30 @@ only. A place that cannot be written is fine: the check then runs in each proces
 from __future__ import annotations
 
 import json
-import os
 import platform
-import secrets
+from functools import lru_cache
 from pathlib import Path
 
+from totalseg.errors import UserError
+from totalseg.write.atomic import write_atomic
+
+
+@lru_cache(maxsize=1)
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def machine_key() -> str:
     """torch version, intra-op threads and CPU: what the kernel choice depends on besides shapes."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"torch {torch.__version__}|threads {torch.get_num_threads()}|{cpu}"
+    return f"torch {torch.__version__}|threads {torch.get_num_threads()}|{_cpu_name()}"
 
 
 class KernelChecks:
@@ -51,10 +55,9 @@ class KernelChecks:
         self._answers[key] = value
         if self.path is None:
             return
-        tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.tmp")
+        text = json.dumps(self._answers, indent=1, sort_keys=True)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(self._answers, indent=1, sort_keys=True))
-            os.replace(tmp, self.path)
-        except OSError:  # read-only weights: remember for this process only
-            tmp.unlink(missing_ok=True)
+            write_atomic(self.path, lambda tmp: tmp.write_text(text))
+        except (OSError, UserError):  # read-only home: remember for this process only
+            pass
