@@ -139,14 +139,24 @@ def copy_home(home: Path, dst: Path) -> Path:
 
 
 def run_one(tool: str, base_cmd: list[str], args, options: list[str], run_dir: Path, homes_dir: Path) -> dict:
+    """One measured run on a fresh copy of the home (removed afterwards unless --keep-homes)."""
+    home = copy_home(args.home, homes_dir / f"{tool}-{run_dir.name}")
+    try:
+        return run_one_in_home(tool, base_cmd, args, options, run_dir, home)
+    finally:
+        if not args.keep_homes:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+def run_one_in_home(tool: str, base_cmd: list[str], args, options: list[str], run_dir: Path, home: Path) -> dict:
+    """One measured run of ``base_cmd`` on ``args.input`` with ``home`` as TOTALSEG_HOME_DIR."""
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     output = run_dir / ("seg.nii.gz" if wants_ml(options) else "seg")
-    home = copy_home(args.home, homes_dir / f"{tool}-{run_dir.name}")
     cmd = base_cmd + ["-i", str(args.input), "-o", str(output)] + options + ["-d", "cpu"]
     env = dict(os.environ, TOTALSEG_HOME_DIR=str(home))
-    if tool == "ours":
+    if tool != "official":
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     (run_dir / "command.txt").write_text(
         f"TOTALSEG_HOME_DIR={shlex.quote(str(home))} " + " ".join(shlex.quote(c) for c in cmd) + "\n")
@@ -155,8 +165,6 @@ def run_one(tool: str, base_cmd: list[str], args, options: list[str], run_dir: P
     with open(run_dir / "stdout.log", "wb") as so, open(run_dir / "stderr.log", "wb") as se:
         p = subprocess.run([sys.executable, "-c", WRAPPER, str(metrics_file)] + cmd,
                            stdout=so, stderr=se, env=env)
-    if not args.keep_homes:
-        shutil.rmtree(home, ignore_errors=True)
     m = json.loads(metrics_file.read_text()) if metrics_file.exists() else {"rc": p.returncode}
     m.update(tool=tool, run=run_dir.name, output=str(output), command=cmd)
     if m.get("rc") != 0:

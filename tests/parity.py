@@ -1,11 +1,50 @@
-"""The parity rule of the engine issue: our outputs against the official tool's (oracle_tiny)."""
+"""The parity rules: our outputs against the official TotalSegmentator 2.18.0's.
+
+Two references, two rules:
+
+- **Same machine** (tests/test_official_live.py): the official tool run here, with the same torch. Rule
+  ``EXACT``: 0 differing voxels, same shape, affine, dtype and label table. This is the bit-for-bit claim.
+- **Stored oracle** (``../shared/data/oracle_tiny``, tests/test_parity.py, tests/test_subtasks.py): made by the
+  official tool on an AMD EPYC (Zen 4). Rule ``STORED_ORACLE``: the same shape, affine, dtype, file names and
+  label table, and labels that differ in at most a few voxels, counted per label.
+
+Why a tolerance for the stored oracle: a label is the argmax of the fp16-averaged logits, and at a near-tie
+voxel (two logits within an fp16 step) a different CPU's convolution kernels (oneDNN picks AVX2, AVX-512,
+AVX512-BF16 or AMX code paths, which sum in another order) round the other way, and the argmax flips. That is
+the official tool's own behaviour, not ours: measured, the official 2.18.0 itself differs from this oracle in
+{MEASURED}. Our engine uses the same torch kernels as the official tool, so on every machine measured our outputs
+equal the official output made on that machine with 0 differing voxels (the live test checks it).
+
+The tolerance is counted in voxels, per label, not as a share of the volume: a share lets a sparse output
+(a few small labels in a large volume) lose whole structures while still "agreeing" on 99.99 % of voxels.
+Here every label may differ in at most ``per_label`` voxels (either direction: voxels it gained or lost), and
+the image in at most ``total`` voxels in all; a flip from label a to label b counts once for a, once for b
+and once in the total. The bounds are a few times the largest difference measured across CPUs, and far
+below any real error (a wrong resampling, crop or orientation changes hundreds of voxels at least).
+
+Statistics (statistics.json) are compared within 1e-3 relative (and 1e-6 absolute): they are computed from
+the masks and the image in float64, and every measured case agrees exactly or far within it.
+"""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How many voxels may differ: per label (gained or lost), and in one image in all."""
+
+    per_label: int
+    total: int
+
+
+EXACT = Tolerance(per_label=0, total=0)
+STORED_ORACLE = Tolerance(per_label=4, total=8)
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -13,18 +52,27 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if s == 0 else 2.0 * np.logical_and(a, b).sum() / s
 
 
-def assert_image_parity(ours: Path, theirs: Path) -> None:
+def label_differences(ours: np.ndarray, theirs: np.ndarray) -> dict[int, int]:
+    """For each label present where the two images differ: the voxels it has in one and not in the other."""
+    differ = ours != theirs
+    found = np.union1d(np.unique(ours[differ]), np.unique(theirs[differ]))
+    return {int(label): int(np.count_nonzero(differ & ((ours == label) | (theirs == label)))) for label in found}
+
+
+def assert_image_parity(ours: Path, theirs: Path, tolerance: Tolerance = STORED_ORACLE) -> None:
     a, b = nib.load(ours), nib.load(theirs)
     assert a.shape == b.shape, (ours.name, a.shape, b.shape)
     assert np.allclose(a.affine, b.affine, atol=1e-6), ours.name
     assert a.get_data_dtype() == b.get_data_dtype(), ours.name
     x, y = np.asanyarray(a.dataobj), np.asanyarray(b.dataobj)
-    agreement = (x == y).mean()
-    assert agreement >= 0.9999, f"{ours.name}: {agreement:.6f} of voxels agree"
-    for label in np.unique(y):
-        if label and (y == label).sum() >= 50:
-            d = dice(x == label, y == label)
-            assert d >= 0.999, f"{ours.name}: label {label} Dice {d:.5f}"
+    total = int(np.count_nonzero(x != y))
+    if not total:
+        return
+    per_label = label_differences(x, y)
+    worst = max(per_label.values())
+    assert total <= tolerance.total and worst <= tolerance.per_label, (
+        f"{ours.name}: {total} voxels differ (at most {tolerance.total} allowed), per label "
+        f"{per_label} (at most {tolerance.per_label} each)")
 
 
 def assert_statistics_parity(ours: Path, theirs: Path) -> None:
@@ -36,14 +84,14 @@ def assert_statistics_parity(ours: Path, theirs: Path) -> None:
             assert np.isclose(a[name][key], value, rtol=1e-3, atol=1e-6), (name, key, a[name][key], value)
 
 
-def assert_output_parity(ours: Path, theirs: Path) -> None:
-    """A file, or a folder of files (same names), agree under the parity rule."""
+def assert_output_parity(ours: Path, theirs: Path, tolerance: Tolerance = STORED_ORACLE) -> None:
+    """A file, or a folder of files (same names), agree under the rule ``tolerance``."""
     if theirs.is_dir():
         assert sorted(p.name for p in ours.iterdir()) == sorted(p.name for p in theirs.iterdir())
         for f in sorted(theirs.iterdir()):
             if f.name.endswith(".json"):
                 assert_statistics_parity(ours / f.name, f)
             else:
-                assert_image_parity(ours / f.name, f)
+                assert_image_parity(ours / f.name, f, tolerance)
     else:
-        assert_image_parity(ours, theirs)
+        assert_image_parity(ours, theirs, tolerance)

@@ -34,10 +34,8 @@ def _quiet(_):
     pass
 
 
-@pytest.mark.parametrize("case", [c for c in _CONVERTED if c not in _REJECTED and c not in _OWN_RESAMPLING])
-def test_geometry_matches_dicom2nifti(case):
-    ours = load_dicom(D2N / case, warn=_quiet)
-    gt = nib.load(D2N / f"{case}_ground_truth_reoriented.nii.gz")
+def _assert_same_as_dicom2nifti(ours, gt: nib.Nifti1Image) -> None:
+    """Our volume is dicom2nifti's output (``gt``): shape, affine within 1e-3 mm, voxel values, layout."""
     gt_data = np.asanyarray(gt.dataobj)
     gt_data = gt_data.reshape(gt_data.shape[:3])  # Philips: trailing time axis of length 1
     # In RAS (nibabel's closest canonical), both must agree: shape, affine within 1e-3 mm, voxel values.
@@ -55,8 +53,25 @@ def test_geometry_matches_dicom2nifti(case):
     assert np.abs(ours.volume.affine - gt.affine).max() < 1e-3
 
 
-def test_example_ct_geometry_and_hounsfield_units():
+@pytest.mark.parametrize("case", [c for c in _CONVERTED if c not in _REJECTED and c not in _OWN_RESAMPLING])
+def test_geometry_matches_dicom2nifti(case):
+    ours = load_dicom(D2N / case, warn=_quiet)
+    _assert_same_as_dicom2nifti(ours, nib.load(D2N / f"{case}_ground_truth_reoriented.nii.gz"))
+
+
+@pytest.fixture(scope="module")
+def ct_by_dicom2nifti(tmp_path_factory) -> nib.Nifti1Image:
+    """The example CT series converted by dicom2nifti, as the official tool converts DICOM input."""
+    dicom2nifti = pytest.importorskip("dicom2nifti")
+    out = tmp_path_factory.mktemp("d2n") / "ct.nii.gz"
+    dicom2nifti.dicom_series_to_nifti(str(CT_DICOM), str(out), reorient_nifti=True)
+    img = nib.load(out)
+    return nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine)  # in memory: the folder may go
+
+
+def test_example_ct_geometry_and_hounsfield_units(ct_by_dicom2nifti):
     img = load_dicom(CT_DICOM, warn=_quiet)
+    _assert_same_as_dicom2nifti(img, ct_by_dicom2nifti)
     ref = nib.load(REF / "example_seg_dicom.nii.gz")  # official output: its geometry is the converted CT's
     assert img.volume.shape == ref.shape
     assert np.allclose(img.volume.affine, ref.affine, atol=1e-6)
@@ -74,16 +89,17 @@ def test_example_ct_geometry_and_hounsfield_units():
 
 
 def test_order_does_not_depend_on_file_names(tmp_path):
-    src = D2N / "generic" / "anatomical" / "001"
-    files = sorted(src.iterdir())
+    """Files named against their positions still give dicom2nifti's volume."""
+    case = "generic/anatomical/001"
+    files = sorted((D2N / case).iterdir())
     for i, f in enumerate(reversed(files)):  # names now sort in the opposite order of the positions
         shutil.copy(f, tmp_path / f"img{i:03d}.dcm")
-    a, b = load_dicom(src, warn=_quiet), load_dicom(tmp_path, warn=_quiet)
-    assert np.array_equal(a.volume.data, b.volume.data)
-    assert np.allclose(a.volume.affine, b.volume.affine)
+    _assert_same_as_dicom2nifti(load_dicom(tmp_path, warn=_quiet),
+                                nib.load(D2N / f"{case}_ground_truth_reoriented.nii.gz"))
 
 
-def test_zip_and_nested_folder_give_the_same_volume(tmp_path):
+def test_zip_and_nested_folder_give_the_same_volume(tmp_path, ct_by_dicom2nifti):
+    """A zip of the series and a nested folder with a stray file: dicom2nifti's volume of the plain series."""
     archive = tmp_path / "series.zip"
     with zipfile.ZipFile(archive, "w") as z:
         for f in sorted(CT_DICOM.iterdir()):
@@ -91,17 +107,15 @@ def test_zip_and_nested_folder_give_the_same_volume(tmp_path):
     nested = tmp_path / "a" / "b"
     shutil.copytree(CT_DICOM, nested)
     (tmp_path / "a" / "README.txt").write_text("not an image")
-    base = load_dicom(CT_DICOM, warn=_quiet)
     for source in (archive, tmp_path / "a"):
-        other = load_dicom(source, warn=_quiet)
-        assert np.array_equal(other.volume.data, base.volume.data)
-        assert np.allclose(other.volume.affine, base.volume.affine)
+        _assert_same_as_dicom2nifti(load_dicom(source, warn=_quiet), ct_by_dicom2nifti)
 
 
 def test_single_multiframe_file():
-    path = next((D2N / "siemens_multiframe" / "anatomical" / "001").iterdir())
-    img = load_dicom(path, warn=_quiet)
-    assert img.volume.shape == nib.load(D2N / "siemens_multiframe/anatomical/001_ground_truth_reoriented.nii.gz").shape
+    """A multi-frame file given as a file, not as its folder: dicom2nifti's volume of the folder."""
+    case = "siemens_multiframe/anatomical/001"
+    img = load_dicom(next((D2N / case).iterdir()), warn=_quiet)
+    _assert_same_as_dicom2nifti(img, nib.load(D2N / f"{case}_ground_truth_reoriented.nii.gz"))
 
 
 def _synthetic_linear_series(src: Path, dst: Path) -> None:

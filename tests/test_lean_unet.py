@@ -11,7 +11,7 @@ from dynamic_network_architectures.architectures.unet import PlainConvUNet  # no
 
 from totalseg.predict.kernel_checks import KernelChecks  # noqa: E402
 from totalseg.predict.lean_unet import SEG_SLAB, LeanUNet  # noqa: E402
-from totalseg.predict.sliding_window import gaussian_weights, predict_logits  # noqa: E402
+from totalseg.predict.sliding_window import Runner, gaussian_weights, predict_logits  # noqa: E402
 
 
 CHECKS = "kernel_checks.json"
@@ -83,9 +83,9 @@ def test_predict_logits_unchanged_by_lean_path(tmp_path, monkeypatch):
     net = _net(5)
     data = np.random.default_rng(0).normal(size=(1, 70, 45, 38)).astype(np.float32)
     patch = (32, 32, 32)
-    lean = predict_logits([net], data, patch, 0.5, 5, KernelChecks(tmp_path / CHECKS))
+    lean = predict_logits(Runner([net], checks=KernelChecks(tmp_path / CHECKS)), data, patch, 0.5, 5)
     monkeypatch.setattr(LeanUNet, "supports", staticmethod(lambda n: False))
-    plain = predict_logits([net], data, patch, 0.5, 5)
+    plain = predict_logits(Runner([net]), data, patch, 0.5, 5)
     assert torch.equal(lean, plain)
 
 
@@ -115,8 +115,9 @@ def test_streamed_labels_equal_whole_volume_argmax(tmp_path, monkeypatch, lean):
     assert len({t[0].start for t in tile_grid((101, 40, 45), patch, 0.5)}) >= 5
     if not lean:
         monkeypatch.setattr(LeanUNet, "supports", staticmethod(lambda n: False))
-    whole = predict_logits([net], data, patch, 0.5, 5, KernelChecks(tmp_path / CHECKS))
-    streamed = predict_labels([net], data, patch, 0.5, 5, np.uint16, KernelChecks(tmp_path / CHECKS))
+    runner = Runner([net], checks=KernelChecks(tmp_path / CHECKS))
+    whole = predict_logits(runner, data, patch, 0.5, 5)
+    streamed = predict_labels(runner, data, patch, 0.5, 5, np.uint16)
     assert streamed.dtype == np.uint16 and streamed.shape == data.shape[1:]
     assert np.array_equal(streamed, whole.argmax(0).numpy())
     assert len(np.unique(streamed)) > 1

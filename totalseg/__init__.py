@@ -15,3 +15,11 @@ def totalsegmentator(*args, **kwargs):
     from totalseg.api import totalsegmentator as _run
 
     return _run(*args, **kwargs)
+
+
+def __getattr__(name: str):
+    if name == "Predictor":  # imported on first use: torch stays unloaded until a model runs
+        from totalseg.predictor import Predictor
+
+        return Predictor
+    raise AttributeError(f"module 'totalseg' has no attribute {name!r}")

@@ -1,36 +1,49 @@
 """The Python API, with the official function's name and options."""
 from __future__ import annotations
 
+import os
 import sys
-from dataclasses import replace
+import time
 from pathlib import Path
 from typing import Sequence
 
 from totalseg import config
-from totalseg.assemble.postprocess import body_masks
-from totalseg.device import select_device
+from totalseg.assemble.postprocess import body_masks, to_v1_order
+from totalseg.device import check_device
 from totalseg.errors import UserError
+from totalseg.notice import notice_printer
 from totalseg.install import ensure_installed, missing_models, source_from_environment
 from totalseg.load.dicom import is_dicom_input, load_dicom, scan_dicom
 from totalseg.load.nifti import load_nifti
-from totalseg.pipeline import Options, required_models, segment
+from totalseg.pipeline import segment
+from totalseg.plan import Options, plan_run
+from totalseg.predictor import ENGINES
+from totalseg.prepare.orient import from_canonical
 from totalseg.registry import get_task
 from totalseg.weights import model_folder
 from totalseg.write.labelmap import with_label_table
 from totalseg.write.nifti import label_image, save_multilabel, save_per_class
+from totalseg.write.report import build_run_report, write_report
 from totalseg.write.statistics import compute_statistics, write_statistics
 
-_NOT_YET = {"v1_order": "--v1_order",
-            "remove_small_blobs": "--remove_small_blobs", "save_probabilities": "--save_probabilities",
-            "higher_order_resampling": "--higher_order_resampling", "save_lowres": "--save_lowres",
-            "higher_order_resampling_LEGACY": "--higher_order_resampling_LEGACY"}
-
-
-def _say(quiet: bool):
-    def say(message: str) -> None:
-        if not quiet:
-            print(message, file=sys.stderr, flush=True)
-    return say
+# Official options that totalseg refuses (one line, before any work), and why.
+_REFUSED = {
+    "save_probabilities": "--save_probabilities is not supported by totalseg: it copies nnU-Net's softmax "
+                          "arrays (s01.npz/.pkl), which this engine never keeps; run without it (the labels are "
+                          "in the output)",
+    "higher_order_resampling": "--higher_order_resampling is not supported by totalseg (nnU-Net's own resampling "
+                               "with cropped-logits export); run without it: the default (nearest-neighbour "
+                               "upsampling of the labels) is the official default",
+    "higher_order_resampling_LEGACY": "--higher_order_resampling_LEGACY is not supported by totalseg (one-hot "
+                                      "order-1 upsampling of the labels); run without it: the default "
+                                      "(nearest-neighbour upsampling) is the official default",
+    "test": "--test is internal to the official test suite (it copies the suite's reference segmentation "
+            "instead of predicting); run without it",
+    "nora_tag": "--nora_tag calls a local NORA installation (/opt/nora/src/node/nora), which totalseg does not "
+                "do; run without it",
+    "statistics_normalized_intensities": "statistics_normalized_intensities is not supported by totalseg; run "
+                                         "without it (statistics use the image's intensities)",
+}
 
 
 def _output_types(output_type) -> list[str]:
@@ -145,12 +158,121 @@ def _write_radiomics(source, image, output: Path, say) -> None:
         write_radiomics(path, output, output / OUTPUT_NAME, warn)
 
 
+def _check_predictor(predictor, device: str | None, engine: str | None) -> None:
+    """A device or engine asked for beside a predictor must be the predictor's own."""
+    if engine is not None and engine != predictor.engine:
+        raise UserError(f"engine '{engine}' asked for, but the predictor runs '{predictor.engine}'")
+    if device is not None:
+        wanted = {"cpu": "cpu", "mps": "mps"}.get(device, "cuda")
+        if not predictor.device.startswith(wanted) and predictor.device != "meta":
+            raise UserError(f"device '{device}' asked for, but the predictor runs on {predictor.device}")
+
+
+def _refuse_unsupported(task: str, **options) -> None:
+    """One-line errors, before any work, for official options that totalseg cannot honour."""
+    for name, value in options.items():
+        if name in _REFUSED and value and not (name == "nora_tag" and value == "None"):
+            raise UserError(_REFUSED[name])
+    if options["model_size"] not in ("big", "small"):
+        raise UserError("model_size must be 'big' or 'small'.")
+    if options["model_size"] == "small" and task != "total_v3":
+        raise UserError("model_size='small' is currently only supported for task 'total_v3'.")
+    if options["plans"] != "nnUNetPlans":
+        raise UserError(f"plans '{options['plans']}' is not supported by totalseg: every model runs with the plans "
+                        "of its weights folder (nnUNetPlans); run without it")
+    if int(options["nr_thr_saving"]) < 1:
+        raise UserError(f"--nr_thr_saving must be at least 1 (got {options['nr_thr_saving']})")
+
+
+def _blob_size(remove_small_blobs):
+    """``--remove_small_blobs``: None (off), 200 mm³ for True (the official default) or the size given."""
+    if remove_small_blobs is None or remove_small_blobs is False or remove_small_blobs == 0:
+        return None  # the official tool tests the value's truth: 0 means off
+    if remove_small_blobs is True:
+        return 200
+    if isinstance(remove_small_blobs, str) or not remove_small_blobs > 0:
+        raise UserError(f"--remove_small_blobs takes a size in mm3 greater than 0 (got {remove_small_blobs!r})")
+    return remove_small_blobs
+
+
+def _check_save_lowres(plan, fast: bool, fastest: bool, types: list[str], ml: bool, no_derived_masks: bool,
+                       radiomics: bool) -> None:
+    """``--save_lowres``: the official tool's refusals, plus those whose outputs it cannot make."""
+    if not (fast or fastest):
+        raise UserError("save_lowres only works together with fast or fastest mode.")
+    if types != ["nifti"]:
+        raise UserError("save_lowres only supports nifti output.")
+    if plan.crop is not None or plan.roi_subset or plan.refine is not None:
+        raise UserError("save_lowres is not supported together with cropping, roi_subset, body_seg, or cascade.")
+    if radiomics:
+        raise UserError("--radiomics needs masks on the input grid; run it without --save_lowres")
+    if plan.task.postprocess == "body" and not ml and not no_derived_masks:
+        raise UserError("--save_lowres: the body task's derived masks (body, skin) need the input grid; "
+                        "add -ndm (or use --ml)")
+
+
+def _v1_classes(v1_order: bool, task: str, types: list[str], ml: bool, output, say) -> dict[int, str] | None:
+    """``--v1_order``: the v1 (104-class) map when it applies (task total only, as in the official tool)."""
+    if not v1_order:
+        return None
+    if task != "total":
+        say(f"NOTE: --v1_order applies to task total only; the {task} output keeps its own order")
+        return None
+    if types != ["nifti"]:
+        raise UserError("--v1_order cannot be combined with DICOM output (the official tool writes v1 labels "
+                        "under v2 class names there); use -ot nifti")
+    if output is not None and not ml:
+        say("NOTE: --v1_order reorders the multilabel output (--ml and the returned image); per-class files "
+            "are written as usual")
+    from totalseg.registry import class_map
+
+    return class_map("total_v1")
+
+
+def _notices(say, crop_path, nr_thr_resamp) -> None:
+    """Official options accepted without effect here: said, never silently ignored."""
+    if crop_path is not None:
+        say("NOTE: -cp/--crop_path has no effect (a legacy option of the official tool; crops are computed in "
+            "memory)")
+    if nr_thr_resamp != 1:
+        say("NOTE: -nr/--nr_thr_resamp has no effect: resampling runs in one thread (as the official's does "
+            "for 3D images)")
+
+
+def _lowres_output(result, image):
+    """``--save_lowres``: the model-resolution labels in the input's orientation, with their own header."""
+    import nibabel as nib
+
+    low = from_canonical(result.lowres.lowres_labels, image.volume.affine)
+    header = nib.Nifti1Image(low.data, low.affine).header
+    return low.data, low.affine, header
+
+
+def _run_segment(image, plan, say, predictor, device, engine, quiet, blobs_mm3, debug, input, task):
+    """``segment`` with the run's own predictor (or the one given); ``--debug`` names the input and task
+    when it fails unexpectedly. Returns the result and the device the networks ran on."""
+    from totalseg.predictor import Predictor
+
+    try:
+        if predictor is None:
+            with Predictor(device or "gpu", engine, notice=say, progress_bars=False if quiet else None) as own:
+                return segment(image.volume, plan, own, progress=say, blobs_mm3=blobs_mm3), own.device
+        _check_predictor(predictor, device, engine)
+        return segment(image.volume, plan, predictor, progress=say, blobs_mm3=blobs_mm3), predictor.device
+    except UserError:
+        raise
+    except Exception:
+        if debug:
+            print(f"Error during prediction for input: {input}, task: {task}", file=sys.stderr, flush=True)
+        raise
+
+
 def totalsegmentator(input, output=None, ml: bool = False, nr_thr_resamp: int = 1, nr_thr_saving: int = 6,
                      fast: bool = False, nora_tag: str = "None", preview: bool = False, task: str = "total",
                      roi_subset: Sequence[str] | None = None, statistics=False, radiomics: bool = False,
                      crop_path=None, body_seg: bool = False, force_split: bool = False,
                      output_type="nifti", quiet: bool = False, verbose: bool = False, test: int = 0,
-                     skip_saving: bool = False, device: str = "gpu", license_number: str | None = None,
+                     skip_saving: bool = False, device: str | None = None, license_number: str | None = None,
                      statistics_exclude_masks_at_border: bool = True, no_derived_masks: bool = False,
                      v1_order: bool = False, fastest: bool = False, roi_subset_robust=None,
                      stats_aggregation: str = "mean", remove_small_blobs=False,
@@ -158,30 +280,42 @@ def totalsegmentator(input, output=None, ml: bool = False, nr_thr_resamp: int = 
                      higher_order_resampling_LEGACY: bool = False, higher_order_resampling: bool = False,
                      save_probabilities=None, debug: bool = False, report=None,
                      statistics_extra: bool = False, save_lowres: bool = False, resampling_order: int = 1,
-                     plans: str = "nnUNetPlans", model_size: str = "big", series_uid: str | None = None):
+                     plans: str = "nnUNetPlans", model_size: str = "big", series_uid: str | None = None,
+                     engine: str | None = None, predictor=None):
     """Segment ``input`` (a NIfTI path or a nibabel image, a DICOM folder, zip or file) with ``task``.
 
     Writes per-class masks into the folder ``output`` (or one multilabel file with ``ml``) and returns
     the label image (uint8, input geometry, label table attached); with ``statistics`` it returns
-    ``(image, statistics)``.
+    ``(image, statistics)``. ``device`` (default gpu) and ``engine`` (default exact, or
+    ``$TOTALSEG_ENGINE``) choose where and how the networks run; a :class:`totalseg.Predictor` passed
+    as ``predictor`` brings its own (and keeps its models loaded for the next call).
     """
-    say = _say(quiet)
-    requested = {"v1_order": v1_order,
-                 "remove_small_blobs": remove_small_blobs, "save_probabilities": save_probabilities,
-                 "higher_order_resampling": higher_order_resampling, "save_lowres": save_lowres,
-                 "higher_order_resampling_LEGACY": higher_order_resampling_LEGACY}
-    for key, value in requested.items():
-        if value:
-            raise UserError(f"{_NOT_YET[key]} is not supported yet by totalseg; run without it")
+    started = time.time()
+    say = notice_printer(quiet)
+    tell = notice_printer(not verbose)  # -v: steps and timings
+    _refuse_unsupported(task, save_probabilities=save_probabilities, test=test, nora_tag=nora_tag,
+                        higher_order_resampling=higher_order_resampling, plans=plans, model_size=model_size,
+                        higher_order_resampling_LEGACY=higher_order_resampling_LEGACY,
+                        statistics_normalized_intensities=statistics_normalized_intensities,
+                        nr_thr_saving=nr_thr_saving)
+    blobs_mm3 = _blob_size(remove_small_blobs)
     if roi_subset is not None and not isinstance(roi_subset, (list, tuple)):
         raise UserError("roi_subset must be a list of class names")
     if roi_subset_robust:
         roi_subset, robust_crop = roi_subset_robust, True
+    if device is not None:
+        check_device(device)
+    if predictor is None:
+        engine = engine or os.environ.get("TOTALSEG_ENGINE") or "exact"
+    if engine is not None and engine not in ENGINES:
+        raise UserError(f"unknown engine '{engine}'; use exact or fast")
     if not 0 <= int(resampling_order) <= 5:
         raise UserError(f"--resampling_order must be 0..5 (got {resampling_order})")
     if stats_aggregation not in ("mean", "median"):
         raise UserError("--stats_aggregation must be mean or median")
     types = _output_types(output_type)
+    if save_lowres and not (fast or fastest):
+        raise UserError("save_lowres only works together with fast or fastest mode.")
     dicom_in = isinstance(input, (str, Path)) and is_dicom_input(input)
     series = None
     if dicom_in:  # headers only: the modality may change the task before weights are checked
@@ -194,6 +328,7 @@ def totalsegmentator(input, output=None, ml: bool = False, nr_thr_resamp: int = 
                         "DICOM file); use -ot nifti for a NIfTI input")
     task_info = get_task(task)
     output = None if output is None else Path(output)
+    report_output, report_ml = output, ml
     dicom_paths = None
     if output is not None and types != ["nifti"]:
         dicom_paths = _dicom_output_paths(types, output, task)
@@ -201,6 +336,7 @@ def totalsegmentator(input, output=None, ml: bool = False, nr_thr_resamp: int = 
         output = dicom_paths.get("nifti", next(iter(dicom_paths.values())))
     _check_output(None if skip_saving or (dicom_paths and "nifti" not in dicom_paths) else output, ml)
     _check_extras(output, ml, skip_saving, preview, radiomics)
+    v1_classes = _v1_classes(v1_order, task, types, ml, None if skip_saving else output, say)
     if license_number:
         config.check_license_format(license_number)
         config.update_config({"license_number": license_number})
@@ -209,7 +345,11 @@ def totalsegmentator(input, output=None, ml: bool = False, nr_thr_resamp: int = 
     options = Options(fast=fast, fastest=fastest, roi_subset=tuple(roi_subset) if roi_subset else None,
                       robust_crop=robust_crop, body_seg=body_seg, force_split=force_split,
                       resampling_order=int(resampling_order))
-    models = required_models(task_info, options)
+    plan = plan_run(task_info, options)
+    if save_lowres:
+        _check_save_lowres(plan, fast, fastest, types, ml, no_derived_masks, radiomics)
+    _notices(say, crop_path, nr_thr_resamp)
+    models = plan.models()
     if missing_models(models):  # installed first (verified, atomic); without network this fails here
         ensure_installed(models, source_from_environment(), quiet=quiet, say=say)
     for model in models:  # fail before any work if weights are missing
@@ -218,14 +358,15 @@ def totalsegmentator(input, output=None, ml: bool = False, nr_thr_resamp: int = 
         image = load_dicom(input, warn=lambda m: say(f"WARNING: {m}"), series=series)
     else:
         image = load_nifti(input, warn=lambda m: say(f"WARNING: {m}"))
-    options = replace(options, device=select_device(device, say))
-
     say(f"Predicting {task}{' (fast)' if fast else ''}{' (fastest)' if fastest else ''}...")
-    result = segment(image.volume, task_info, options, progress=say)
+    step = time.time()
+    result, ran_on = _run_segment(image, plan, say, predictor, device, engine, quiet, blobs_mm3, debug, input, task)
+    tell(f"  predicted on {ran_on} in {time.time() - step:.2f}s")
 
     stats = None
     if statistics:
-        if (fast or fastest) and result.lowres is not None:
+        step = time.time()
+        if (fast or save_lowres) and result.lowres is not None:  # the official: --fast only (and -sl here)
             lab, img = result.lowres.lowres_labels, result.lowres.lowres_image
             stats = compute_statistics(lab.data, img.data, img.zooms, result.class_map,
                                        statistics_exclude_masks_at_border, stats_aggregation, statistics_extra)
@@ -233,23 +374,32 @@ def totalsegmentator(input, output=None, ml: bool = False, nr_thr_resamp: int = 
             stats = compute_statistics(result.labels, image.volume.data, image.header.get_zooms()[:3],
                                        result.class_map, statistics_exclude_masks_at_border,
                                        stats_aggregation, statistics_extra)
+        tell(f"  statistics in {time.time() - step:.2f}s")
 
-    affine, header = image.volume.affine, image.header
+    labels, affine, header = result.labels, image.volume.affine, image.header
+    if save_lowres:
+        labels, affine, header = _lowres_output(result, image)
+    out_labels, out_classes = labels, result.class_map
+    if v1_classes is not None:
+        out_labels = to_v1_order(labels, get_task("total").classes, v1_classes)
+        out_classes = {k: v for k, v in v1_classes.items() if not roi_subset or v in roi_subset}
     if output is not None and not skip_saving:
+        step = time.time()
         if dicom_paths:
-            _save_dicom_outputs(result.labels, image, result.class_map, dicom_paths, say)
+            _save_dicom_outputs(labels, image, result.class_map, dicom_paths, say)
         elif ml:
-            save_multilabel(result.labels, affine, header, result.class_map, output)
+            save_multilabel(out_labels, affine, header, out_classes, output)
         else:
             extra = None
             if task_info.postprocess == "body" and not no_derived_masks:
-                extra = body_masks(result.labels, task_info.classes, image.volume.data)
-            save_per_class(result.labels, affine, header, result.class_map, output, extra)
+                extra = body_masks(labels, task_info.classes, image.volume.data)
+            save_per_class(labels, affine, header, result.class_map, output, extra, threads=int(nr_thr_saving))
+        tell(f"  saved in {time.time() - step:.2f}s")
     if output is not None and preview:
         from totalseg.write.preview import write_preview
 
         out_dir = output.parent if ml else output
-        write_preview(result.labels, affine, result.class_map, out_dir / f"preview_{task}.png")
+        write_preview(result.labels, image.volume.affine, result.class_map, out_dir / f"preview_{task}.png")
     if radiomics:
         _write_radiomics(input, image, output, say)
     if stats is not None:
@@ -262,5 +412,12 @@ def totalsegmentator(input, output=None, ml: bool = False, nr_thr_resamp: int = 
         if stats_path is not None:
             stats_path.parent.mkdir(parents=True, exist_ok=True)
             write_statistics(stats, stats_path)
-    out_img = with_label_table(label_image(result.labels, affine, header), dict(result.class_map))
+    if report is not None:
+        path = write_report(build_run_report(
+            input, report_output, task,
+            task_info.modality, task_info.licensed, ran_on, fast, fastest, report_ml,
+            types[0] if len(types) == 1 else types, roi_subset, result.class_map, time.time() - started,
+            save_lowres=bool(save_lowres), engine=engine or getattr(predictor, "engine", None)), report)
+        say(f"Run report written to {path}")
+    out_img = with_label_table(label_image(out_labels, affine, header), dict(out_classes))
     return (out_img, stats) if statistics else out_img

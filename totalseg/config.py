@@ -4,28 +4,15 @@ Nothing here sends anything anywhere: there are no usage statistics.
 """
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-import secrets
-from contextlib import contextmanager
 from pathlib import Path
 
 from totalseg import home
 from totalseg.errors import LicenseError, UserError
+from totalseg.filelock import file_lock
+from totalseg.write.atomic import write_atomic
 
 ACADEMIC_LICENSE_URL = "https://backend.totalsegmentator.com/license-academic/"
-
-
-@contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def read_config(path: Path | None = None) -> dict:
@@ -41,12 +28,11 @@ def read_config(path: Path | None = None) -> dict:
 def update_config(changes: dict, path: Path | None = None) -> dict:
     """Merge ``changes`` into config.json; concurrent writers never corrupt it."""
     path = home.config_path() if path is None else path
-    with _locked(path):
+    with file_lock(path.with_name(path.name + ".lock")):
         config = read_config(path)
         config.update(changes)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        tmp.write_text(json.dumps(config, indent=4))
-        os.replace(tmp, path)
+        text = json.dumps(config, indent=4)
+        write_atomic(path, lambda tmp: tmp.write_text(text))
     return config
 
 

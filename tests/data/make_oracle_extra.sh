@@ -9,7 +9,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 REF="$ROOT/../shared/data/totalseg_reference"
 OUT="$HERE/oracle_extra"
-TS="$ROOT/bench/.venv-official/bin/TotalSegmentator"
+TS="${TOTALSEG_OFFICIAL_TS:-$ROOT/bench/.venv-official/bin/TotalSegmentator}"
 HOME_COPY="$(mktemp -d)/home"
 cp -r "$ROOT/../shared/data/fake_weights_tiny" "$HOME_COPY"
 chmod -R u+w "$HOME_COPY"
@@ -21,11 +21,27 @@ json.dump(c, open(p, "w"), indent=4)
 PY
 export TOTALSEG_HOME_DIR="$HOME_COPY"
 mkdir -p "$OUT"
+# Option cases (tests/test_options.py): the options after -i/-o, per case; the rest are task cases.
+declare -A OPTIONS=(
+    [fast_rmb]="-o $OUT/fast_rmb.nii.gz --fast --ml -rmb -rp $OUT/fast_rmb_report.json"
+    [fastest_rmb500]="-o $OUT/fastest_rmb500.nii.gz --fastest --ml -rmb 500"
+    [fast_v1o]="-o $OUT/fast_v1o.nii.gz --fast --ml -v1o"
+    [fast_v1o_roi]="-o $OUT/fast_v1o_roi.nii.gz --fast --ml -v1o -rs liver aorta heart kidney_cyst_left"
+    [fastest_lowres]="-o $OUT/fastest_lowres.nii.gz --fastest --ml -sl"
+    [fastest_lowres_files]="-o $OUT/fastest_lowres_files --fastest -sl"
+    [fastest_stats]="-o $OUT/fastest_stats.nii.gz --fastest --ml -s $OUT/fastest_stats.json"
+)
 cases=("$@")
 [ ${#cases[@]} -gt 0 ] || cases=(pleural_pericard_effusion oculomotor_muscles tissue_types heartchambers_highres vertebrae_pp
-                                     vertebrae_pp_refined)
+                                     vertebrae_pp_refined "${!OPTIONS[@]}")
 for c in "${cases[@]}"; do
     start=$(date +%s)
-    "$TS" -i "$REF/example_ct_sm.nii.gz" -o "$OUT/$c.nii.gz" -ta "$c" --ml -d cpu -q
+    if [ -n "${OPTIONS[$c]:-}" ]; then
+        rm -rf "$OUT/$c"
+        # shellcheck disable=SC2086
+        "$TS" -i "$REF/example_ct_sm.nii.gz" ${OPTIONS[$c]} -d cpu -q
+    else
+        "$TS" -i "$REF/example_ct_sm.nii.gz" -o "$OUT/$c.nii.gz" -ta "$c" --ml -d cpu -q
+    fi
     echo "$c: $(( $(date +%s) - start )) s"
 done

@@ -45,6 +45,34 @@ def body(labels: np.ndarray, class_map: dict[int, str], spacing) -> None:
     labels[limbs & ~drop_small_components(limbs, BODY_EXTREMITIES_MIN_MM3 / voxel_mm3)] = 0
 
 
+def remove_small_blobs(labels: np.ndarray, class_map: dict[int, str], spacing, min_mm3) -> None:
+    """``--remove_small_blobs``: components of every class of ``class_map`` with at most
+    ``min_mm3 / voxel volume`` voxels go (in place).
+
+    The threshold is computed as the official tool does (``min_mm3`` as given, over the float32
+    product of the voxel sizes), so a component exactly at the threshold goes too.
+    """
+    threshold = min_mm3 / np.prod(np.asarray(spacing, dtype=np.float32))
+    boxes = ndimage.find_objects(labels)
+    for k in sorted(class_map):
+        if k < 1 or k > len(boxes) or boxes[k - 1] is None:
+            continue
+        # Components of one class lie within its bounding box: label it there only.
+        box = labels[boxes[k - 1]]
+        mask = box == k
+        box[mask & ~drop_small_components(mask, threshold)] = 0
+
+
+def to_v1_order(labels: np.ndarray, class_map: dict[int, str], v1_map: dict[int, str]) -> np.ndarray:
+    """``--v1_order``: labels renumbered to the v1 class map by name; classes v1 lacks become 0."""
+    ids = {name: k for k, name in class_map.items()}
+    lut = np.zeros(max(256, max(class_map, default=0) + 1), dtype=np.uint8)
+    for k1, name in v1_map.items():
+        if name in ids:
+            lut[ids[name]] = k1
+    return lut[labels]
+
+
 def remove_outside(labels: np.ndarray, mask: np.ndarray, distance_voxels: float) -> None:
     """Zero ``labels`` farther than ``int(distance_voxels)`` dilation steps from ``mask`` (in place).
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import secrets
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from totalseg.errors import UserError
 from totalseg.home import home_dir
+from totalseg.write.atomic import write_atomic
 
 PHASE = "contrast_phase_classifiers_2024_07_19"
 MODALITY = "modality_classifiers_2025_02_24"
@@ -181,12 +181,7 @@ def load_boosters(path: str | os.PathLike, stem: str) -> list:
 
 
 def _write_atomic(data: bytes, target: Path) -> None:
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(target, lambda tmp: tmp.write_bytes(data))
 
 
 def import_classifiers(source: str | os.PathLike, stem: str, dest: Path | None = None) -> list[Path]:

@@ -5,6 +5,7 @@ import sys
 from typing import Callable
 
 from totalseg.errors import UserError
+from totalseg.notice import notice_printer
 
 
 def run(body: Callable[[], int], interrupted: str = "interrupted; nothing was written") -> int:
@@ -22,10 +23,7 @@ def run(body: Callable[[], int], interrupted: str = "interrupted; nothing was wr
 
 def progress(quiet: bool) -> Callable[[str], None]:
     """A message printer for stderr (silent with ``quiet``)."""
-    def say(message: str) -> None:
-        if not quiet:
-            print(message, file=sys.stderr, flush=True)
-    return say
+    return notice_printer(quiet)
 
 
 def write_result(result: dict, output, quiet: bool) -> None:

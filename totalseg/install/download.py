@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from totalseg.errors import UserError
+from totalseg.notice import notice_printer
 
 CHUNK = 1 << 20
 DEFAULT_TIMEOUT = 60.0  # seconds without a byte before an attempt is given up
@@ -207,9 +208,7 @@ def download_file(url: str, dest: Path, *, quiet: bool = False, timeout: float =
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
     if say is None:
-        def say(message: str) -> None:
-            if not quiet:
-                print(message, file=sys.stderr, flush=True)
+        say = notice_printer(quiet)
     method = "POST" if json_body is not None else "GET"
     connect_timeout = min(timeout, 15.0)
     last = ""

@@ -9,11 +9,9 @@ download that broke off for a network reason is kept so that the next run resume
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
-import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,51 +20,21 @@ from typing import Callable, Iterable
 from totalseg import home
 from totalseg.config import ACADEMIC_LICENSE_URL
 from totalseg.errors import LicenseError, UserError, WeightsError
+from totalseg.filelock import file_lock
 from totalseg.install.archive import ArchiveError, check_archive, extract_archive, sniff, top_folders
 from totalseg.install.download import DownloadError, HtmlError, NetworkError, NotFoundError, download_file
 from totalseg.install.source import Request, Source, model_request
 from totalseg.install.status import INSTALLED, MISSING, all_models, check_loadable, model_state, required_files
+from totalseg.notice import notice_printer
 from totalseg.registry import Model
 
 Say = Callable[[str], None]
 
 
-def _stderr(quiet: bool) -> Say:
-    def say(message: str) -> None:
-        if not quiet:
-            print(message, file=sys.stderr, flush=True)
-    return say
-
-
-@contextmanager
 def _model_lock(path: Path, say: Say):
-    """An exclusive lock held through a file that the holder deletes on release.
-
-    A waiter may wake up holding a lock on a file that was deleted meanwhile; it then checks that the
-    file it locked is still the one at ``path`` and tries again if not.
-    """
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            say(f"Waiting for another process that is installing {path.name[1:-5]}...")
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            same = os.stat(path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)
-    try:
-        yield
-    finally:
-        try:
-            os.unlink(path)
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+    """The per-model install lock (its file is deleted by the holder on release)."""
+    return file_lock(path, lambda: say(f"Waiting for another process that is installing {path.name[1:-5]}..."),
+                     remove=True)
 
 
 def _make_dirs(folder: Path) -> list[Path]:
@@ -181,7 +149,7 @@ def install_model(model: Model, source: Source, weights: Path | None = None, *, 
                   say: Say | None = None) -> Path:
     """Download, verify and install ``model``; return its result folder. Does nothing if it is complete."""
     weights = home.weights_dir() if weights is None else Path(weights)
-    say = say or _stderr(quiet)
+    say = say or notice_printer(quiet)
     request = model_request(model, source)  # licence problems surface before anything is written
     with _in_weights_folder(weights, model.folder, say):
         state = model_state(model, weights)
@@ -213,7 +181,7 @@ def ensure_installed(models: Iterable[Model], source: Source, weights: Path | No
                      quiet: bool = False, say: Say | None = None) -> list[Model]:
     """Install the models that are missing or incomplete; return those installed now."""
     weights = home.weights_dir() if weights is None else Path(weights)
-    say = say or _stderr(quiet)
+    say = say or notice_printer(quiet)
     todo = missing_models(models, weights)
     for model in todo:
         install_model(model, source, weights, quiet=quiet, say=say)
@@ -225,7 +193,7 @@ def import_archive(zip_path: Path, weights: Path | None = None, *, quiet: bool =
     """Install a weights zip from disk (no network); an installed copy of the same model is replaced."""
     zip_path = Path(zip_path)
     weights = home.weights_dir() if weights is None else Path(weights)
-    say = say or _stderr(quiet)
+    say = say or notice_printer(quiet)
     if not zip_path.is_file():
         raise UserError(f"the weights file does not exist: {zip_path}")
     tops = top_folders(zip_path)

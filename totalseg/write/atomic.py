@@ -16,6 +16,8 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{suffix}")
     try:
         write(tmp)
+        with open(tmp, "rb") as written:  # on disk before it takes the name: a crash leaves old or new
+            os.fsync(written.fileno())
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)

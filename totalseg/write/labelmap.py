@@ -130,3 +130,44 @@ def load_multilabel_nifti(
         f"{name} has no label table (NIfTI extension with a CaretExtension LabelTable); "
         "expected a multilabel file written with --ml"
     )
+
+
+def as_label_map(label_map: LabelMap | list[str] | None,
+                 img: nib.Nifti1Image | None = None) -> dict[int, str]:
+    """``{id: name}`` from the forms the official helpers accept.
+
+    A mapping is used as is; a sequence of names gets ids 1..n; ``None`` names each distinct
+    nonzero value of ``img`` ``L<value>`` (ids 1..n in ascending value order, as the official).
+    """
+    if label_map is None:
+        if img is None:
+            raise ValueError("label_map None needs the image to derive label names from")
+        import numpy as np
+
+        values = np.unique(np.asanyarray(img.dataobj))
+        return {i: f"L{float(v)}" for i, v in enumerate(values[values != 0], start=1)}
+    if isinstance(label_map, Mapping):
+        return {int(k): str(v) for k, v in label_map.items()}
+    return {i: str(name) for i, name in enumerate(label_map, start=1)}
+
+
+def add_label_map_to_nifti(img: nib.Nifti1Image, label_map: LabelMap | list[str] | None) -> nib.Nifti1Image:
+    """Attach ``label_map`` to ``img`` in place (the official helper's contract) and return ``img``.
+
+    ``label_map``: ``{id: name}``, a list of names (ids 1..n) or None (see :func:`as_label_map`).
+    A label table already in the header is replaced; other extensions are kept.
+    """
+    table = with_label_table(img, as_label_map(label_map, img)).header.extensions
+    img.header.extensions[:] = list(table)
+    return img
+
+
+def save_multilabel_nifti(img: nib.Nifti1Image, path: Union[str, os.PathLike],
+                          label_map: LabelMap | list[str] | None) -> None:
+    """Attach ``label_map`` to ``img`` (in place, as the official) and save it atomically at ``path``."""
+    from pathlib import Path
+
+    from totalseg.write.atomic import write_atomic
+
+    add_label_map_to_nifti(img, label_map)
+    write_atomic(Path(path), lambda tmp: nib.save(img, tmp))

@@ -36,11 +36,12 @@ def save_multilabel(labels: np.ndarray, affine, header, class_map: Mapping[int, 
 
 
 def save_per_class(labels: np.ndarray, affine, header, class_map: Mapping[int, str], folder: Path,
-                   extra: Mapping[str, np.ndarray] | None = None) -> None:
+                   extra: Mapping[str, np.ndarray] | None = None, threads: int | None = None) -> None:
     """One ``<class>.nii.gz`` per class (empty ones too). All files appear, or none of them do.
 
     Files go to a hidden staging folder beside ``folder`` and are renamed in when all are written.
-    The files compress side by side on all cores (zlib works outside the GIL); bytes are unchanged.
+    The files compress side by side (zlib works outside the GIL) in ``threads`` threads (``-ns``;
+    default: up to 8, at most one per core); bytes are unchanged.
     """
     folder.parent.mkdir(parents=True, exist_ok=True)
     stage = folder.parent / f".{folder.name}.{secrets.token_hex(4)}.tmp"
@@ -53,7 +54,7 @@ def save_per_class(labels: np.ndarray, affine, header, class_map: Mapping[int, s
 
     _ids = {name: k for k, name in class_map.items()}
     try:
-        with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
+        with ThreadPoolExecutor(max(1, min(threads or 8, os.cpu_count() or 1))) as pool:
             for done in [pool.submit(write, name) for name in names]:
                 try:
                     done.result()

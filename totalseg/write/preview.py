@@ -13,13 +13,13 @@ machines without a GPU). VTK is an optional extra: ``pip install "totalseg[previ
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
 from totalseg.errors import UserError
+from totalseg.write.atomic import write_atomic
 from totalseg.write.labelmap import _PALETTE  # the label table's colours, shared on purpose
 
 # Pixels per mm of the rendered views, and limits of one view's longer side in pixels.
@@ -215,17 +215,15 @@ def write_png(rgb: np.ndarray, path: str | os.PathLike) -> None:
     image.SetDimensions(w, h, 1)
     flat = np.ascontiguousarray(rgb[::-1]).reshape(-1, 3)  # VTK images start at the bottom row
     image.GetPointData().SetScalars(v["numpy_to_vtk"](flat, deep=True))
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp.png")
-    writer = v["io_image"].vtkPNGWriter()
-    writer.SetFileName(str(tmp))
-    writer.SetInputData(image)
-    try:
+    def write(tmp: Path) -> None:
+        writer = v["io_image"].vtkPNGWriter()
+        writer.SetFileName(str(tmp))
+        writer.SetInputData(image)
         writer.Write()
         if writer.GetErrorCode() or not tmp.exists():
             raise UserError(f"cannot write {target}; check the folder and free disk space")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    write_atomic(target, write)
 
 
 def write_preview(labels: np.ndarray, affine: np.ndarray, class_map: Mapping[int, str],

@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
+
+from totalseg.write.atomic import write_atomic
 
 # Slices at each end of every axis that mark a mask as cut off by the field of view.
 BORDER_SLICES = 3
@@ -210,20 +212,5 @@ def compute_statistics(
 def write_statistics(stats: Mapping[str, Any], path: str | os.PathLike) -> None:
     """Write ``stats`` as JSON (indent 4) to ``path`` atomically: a temporary file in the same
     folder is written and then renamed over the target, so readers never see half a file."""
-    target = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(target))
-    tmp = os.path.join(folder, f".{os.path.basename(target)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    # os.open with 0o666 lets the umask decide the permissions, as a plain open() would.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(stats, handle, indent=4)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    text = json.dumps(stats, indent=4)
+    write_atomic(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""The official tool, our exact engine and our fast engine on one input, in one run.
+
+    python3 bench/engines.py --home HOME --input IMG [--out DIR] [--repeat N] [--no-official] \
+        -- <TotalSegmentator options, e.g. --fast --ml>
+
+Each tool gets its own copy of HOME (made before any clock starts) that it keeps across its runs, and one
+untimed warm-up run first: our per-machine answers (kernel checks, the fast engine's converted models) are
+made once per machine, so the timed runs show the steady state a user sees from the second scan on. The
+warm-up's wall time is printed too (the cost of the first run on a new machine). Then the tools run in
+turn (official, exact, fast; --repeat times) and the table gives median wall, peak RSS (largest process,
+as `/usr/bin/time -v`), ratios against the official tool and against the exact engine, and the agreement
+of the fast engine with the exact engine (equal voxels, per-class Dice) and of the exact engine with the
+official tool. Results also go to DIR/results.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import compare  # noqa: E402  (the wrapper, home copies and image comparison of compare.py)
+
+TOOLS = ("official", "exact", "fast")
+
+
+def _command(tool: str, official: str) -> list[str]:
+    if tool == "official":
+        return shlex.split(official)
+    return shlex.split(compare.DEFAULT_OURS) + ["--engine", tool]
+
+
+def _run(tool: str, cmd: list[str], home: Path, args, options: list[str], run_dir: Path) -> dict:
+    """One measured run of ``tool`` on its own (kept) home."""
+    return compare.run_one_in_home(tool, cmd, args, options, run_dir, home)
+
+
+def _dice_summary(res: dict) -> dict:
+    dice = [d["dice"] for d in res.get("dice", {}).values() if max(d["n_official"], d["n_ours"]) >= 50]
+    return {"equal_voxels": res.get("equal_fraction"), "labels": len(dice),
+            "dice_min": min(dice) if dice else None, "dice_mean": statistics.fmean(dice) if dice else None}
+
+
+def _print(summary: dict, agreement: dict) -> None:
+    print("\ntool      runs  wall s (median)  peak RSS MiB  wall/official  RSS/official  wall/exact  RSS/exact")
+    ref_o, ref_e = summary.get("official"), summary.get("exact")
+    for tool in TOOLS:
+        s = summary.get(tool)
+        if not s:
+            continue
+        def ratio(ref, key):
+            return f"{s[key] / ref[key]:.3f}" if ref else "-"
+        print(f"{tool:8s}  {s['runs']:>4}  {s['wall_median_s']:>15.1f}  {s['peak_rss_mib']:>12.0f}  "
+              f"{ratio(ref_o, 'wall_median_s'):>13}  {ratio(ref_o, 'peak_rss_mib'):>12}  "
+              f"{ratio(ref_e, 'wall_median_s'):>10}  {ratio(ref_e, 'peak_rss_mib'):>9}")
+    for pair, a in agreement.items():
+        print(f"{pair}: {100 * a['equal_voxels']:.4f} % equal voxels; per-class Dice (classes >= 50 voxels, "
+              f"{a['labels']}): min {a['dice_min']:.4f}, mean {a['dice_mean']:.4f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    options = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--home", required=True, type=Path)
+    ap.add_argument("--input", "-i", required=True, type=Path)
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--no-official", action="store_true", help="only our two engines")
+    ap.add_argument("--official", default=compare.DEFAULT_OFFICIAL)
+    args = ap.parse_args(argv)
+    out = (args.out or compare.BENCH / "work" / time.strftime("engines-%Y%m%d-%H%M%S")).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    tools = [t for t in TOOLS if not (args.no_official and t == "official")]
+    homes = {t: compare.copy_home(args.home, out / "homes" / t) for t in tools}
+    runs: dict[str, list[dict]] = {t: [] for t in tools}
+    warmup = {}
+    for tool in tools:
+        m = _run(tool, _command(tool, args.official), homes[tool], args, options, out / tool / "warmup")
+        if m.get("rc") != 0:
+            return 1
+        warmup[tool] = m["wall_s"]
+        print(f"[{tool}] first run on this home (warm-up): {m['wall_s']:.1f} s", file=sys.stderr)
+    for k in range(args.repeat):
+        for tool in tools:
+            m = _run(tool, _command(tool, args.official), homes[tool], args, options, out / tool / f"run{k}")
+            if m.get("rc") != 0:
+                return 1
+            runs[tool].append(m)
+    summary = {t: compare.summarize(r) for t, r in runs.items()}
+    per_label = compare.wants_ml(options)
+    first = {t: Path(runs[t][0]["output"]) for t in tools}
+    agreement = {}
+    if per_label:  # one multilabel file each
+        agreement["fast vs exact"] = _dice_summary(compare.compare_images(first["exact"], first["fast"], True))
+        if "official" in first:
+            agreement["exact vs official"] = _dice_summary(
+                compare.compare_images(first["official"], first["exact"], True))
+    _print(summary, agreement)
+    (out / "results.json").write_text(json.dumps(
+        {"input": str(args.input), "options": options, "warmup_wall_s": warmup, "summary": summary,
+         "agreement": agreement, "runs": runs}, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""The opt-in OpenVINO engine: agreement with torch (f32 close, bf16 looser), and its IR cache."""
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from conftest import DATA, REF
+from totalseg.errors import UserError
+from totalseg.predict import fast_engine
+from totalseg.predict.model import load_model
+from totalseg.prepare.normalise import normalise_channel
+
+if not fast_engine.available():  # imports openvino with its telemetry off, unlike importorskip
+    pytest.skip("openvino is not installed", allow_module_level=True)
+
+FOLDER = "Dataset297_TotalSegmentator_total_3mm_1559subj/nnUNetTrainer_4000epochs_NoMirroring__nnUNetPlans__3d_fullres"
+# f32: OpenVINO sums the same products in another order (and may use Winograd convolutions). Measured
+# max |diff| is ~1e-5 at logits of magnitude ~5; 1e-3 leaves two orders of margin yet fails on any
+# real error (wrong weights, a bf16 slip: >= 1e-2).
+F32_TOL = 1e-3
+F32_AGREEMENT = 0.999
+# bf16 keeps 8 mantissa bits (0.4 % per rounding); on these random 118-class networks, whose top two
+# logits are often close, about 0.3 % of voxels change label.
+BF16_AGREEMENT = 0.98
+
+
+@pytest.fixture(scope="module")
+def model():
+    folder = DATA / "fake_weights_tiny" / "nnunet" / "results" / FOLDER
+    if not folder.is_dir():
+        pytest.skip("fake weights not available")
+    return load_model(folder, "3d_fullres", (0,))
+
+
+@pytest.fixture(scope="module")
+def ct_tiles(model) -> torch.Tensor:
+    """Four patch-sized crops of a real 3 mm CT, normalised as the plans say, as a (4, 1, *patch) batch."""
+    patch = model.plans.patch_size
+    image = np.asarray(nib.load(REF / "example_ct_sm.nii.gz").dataobj, dtype=np.float32).transpose(2, 1, 0)
+    need = [max(p - s, 0) for p, s in zip(patch, image.shape)]
+    image = np.pad(image, [(n // 2, n - n // 2) for n in need], constant_values=-1024)
+    normalise_channel(image, model.plans.normalization[0], model.plans.intensity_properties["0"])
+    z, y, x = (s - p for s, p in zip(image.shape, patch))
+    origins = [(0, y // 2, x // 2), (z, y // 3, x // 4), (0, y, 0), (z // 2, 0, x)]
+    tiles = [image[a:a + patch[0], b:b + patch[1], c:c + patch[2]] for a, b, c in origins]
+    return torch.from_numpy(np.stack(tiles)[:, None].copy())
+
+
+def _run(net, tiles) -> torch.Tensor:
+    with torch.inference_mode():
+        return torch.cat([net(t[None]) for t in tiles])
+
+
+def _compare(model, tiles, precision: str, tmp_path) -> tuple[float, float]:
+    fast = fast_engine.FastNetwork(model.networks[0], model.plans.patch_size, 1, tmp_path, precision=precision)
+    assert fast.precision == precision
+    reference, out = _run(model.networks[0], tiles), _run(fast, tiles)
+    assert out.dtype == torch.float32 and out.shape == reference.shape
+    diff = (out - reference).abs().max().item()
+    agreement = (out.argmax(1) == reference.argmax(1)).double().mean().item()
+    print(f"\n{precision}: max |diff| {diff:.3g} (logits up to {reference.abs().max():.2f}), "
+          f"argmax agreement {agreement:.5%} of {reference[:, 0].numel()} voxels")
+    return diff, agreement
+
+
+def test_f32_matches_torch(model, ct_tiles, tmp_path):
+    diff, agreement = _compare(model, ct_tiles, "f32", tmp_path)
+    assert diff < F32_TOL
+    assert agreement >= F32_AGREEMENT
+
+
+def test_bf16_agrees_with_torch(model, ct_tiles, tmp_path):
+    if not fast_engine.native_bf16():
+        pytest.skip("this CPU has no native bf16")
+    _, agreement = _compare(model, ct_tiles, "bf16", tmp_path)
+    assert agreement >= BF16_AGREEMENT
+
+
+def test_residual_encoder_anisotropic_patch(tmp_path):
+    """ResidualEncoderUNet, uneven strides and a patch that is neither cubic nor the traced shape:
+    the network is traced small and reshaped to the patch, with the same result as torch."""
+    from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
+
+    torch.manual_seed(1)
+    net = ResidualEncoderUNet(
+        input_channels=2, n_stages=3, features_per_stage=[8, 16, 24], conv_op=torch.nn.Conv3d,
+        kernel_sizes=[[1, 3, 3], [3, 3, 3], [3, 3, 3]], strides=[[1, 1, 1], [1, 2, 2], [2, 2, 2]],
+        n_blocks_per_stage=[1, 2, 2], num_classes=5, n_conv_per_stage_decoder=[1, 1], conv_bias=True,
+        norm_op=torch.nn.InstanceNorm3d, norm_op_kwargs={"eps": 1e-5, "affine": True},
+        nonlin=torch.nn.LeakyReLU, nonlin_kwargs={"inplace": True}, deep_supervision=False).eval()
+    patch = (12, 40, 24)
+    tile = torch.nn.functional.avg_pool3d(torch.randn(1, 2, *patch), 3, stride=1, padding=1) * 3
+    fast = fast_engine.FastNetwork(net, patch, 2, tmp_path, precision="f32")
+    reference, out = _run(net, tile), _run(fast, tile)
+    assert out.shape == (1, 5, *patch)
+    assert torch.allclose(out, reference, atol=F32_TOL, rtol=F32_TOL)
+
+
+def _files(folder: Path, pattern: str) -> list[Path]:
+    return sorted(folder.glob(pattern))
+
+
+def test_cache_is_reused_and_keyed_by_weights(model, ct_tiles, tmp_path, monkeypatch):
+    import openvino
+
+    net, patch, cache = model.networks[0], model.plans.patch_size, tmp_path / "cache"
+    first = fast_engine.FastNetwork(net, patch, 1, cache, precision="f32")
+    (xml,) = _files(cache, "*.xml")
+    assert first.ir_path == xml and xml.with_suffix(".bin").is_file() and not _files(cache, ".tmp-*")
+    assert f"openvino-{openvino.__version__.split('-')[0]}_patch-32x32x32_in-1_" in xml.name
+    expected = _run(first, ct_tiles[:1])
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("converted again instead of reading the cached IR")
+
+    with monkeypatch.context() as m:
+        m.setattr(openvino, "convert_model", refuse)
+        again = fast_engine.FastNetwork(net, patch, 1, cache, precision="f32")
+        assert torch.equal(_run(again, ct_tiles[:1]), expected)
+
+    other = copy.deepcopy(net)
+    with torch.no_grad():
+        other.decoder.seg_layers[-1].bias[0] += 0.5
+    fast_engine.FastNetwork(other, patch, 1, cache, precision="f32")
+    assert len(_files(cache, "*.xml")) == 2 and len(_files(cache, "*.bin")) == 2
+
+
+def test_corrupt_cached_ir_is_rebuilt(model, ct_tiles, tmp_path):
+    net, patch = model.networks[0], model.plans.patch_size
+    expected = _run(fast_engine.FastNetwork(net, patch, 1, tmp_path, precision="f32"), ct_tiles[:1])
+    (xml,) = _files(tmp_path, "*.xml")
+    xml.write_text("<net><layers>truncated")
+    rebuilt = fast_engine.FastNetwork(net, patch, 1, tmp_path, precision="f32")
+    assert "</net>" in xml.read_text()[-50:]
+    assert torch.allclose(_run(rebuilt, ct_tiles[:1]), expected, atol=F32_TOL)
+    xml.with_suffix(".bin").write_bytes(b"\0" * 10)  # a truncated .bin: also rebuilt
+    fast_engine.FastNetwork(net, patch, 1, tmp_path, precision="f32")
+    assert xml.with_suffix(".bin").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("where", ["none", "unwritable"])
+def test_without_a_usable_cache_folder(model, ct_tiles, tmp_path, where):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    cache = None if where == "none" else blocker / "cache"  # below a file: not creatable, even for root
+    fast = fast_engine.FastNetwork(model.networks[0], model.plans.patch_size, 1, cache, precision="f32")
+    assert fast.ir_path is None
+    assert _run(fast, ct_tiles[:1]).shape == (1, model.plans.num_heads, *model.plans.patch_size)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_bad_precision_and_missing_openvino(model, tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="fp16"):
+        fast_engine.FastNetwork(model.networks[0], model.plans.patch_size, 1, tmp_path, precision="fp16")
+    monkeypatch.setattr(fast_engine, "available", lambda: False)
+    with pytest.raises(UserError, match=r'pip install "totalseg\[fast\]"') as err:
+        fast_engine.FastNetwork(model.networks[0], model.plans.patch_size, 1, tmp_path)
+    assert "\n" not in str(err.value)
+
+
+def test_light_import_and_no_telemetry(tmp_path):
+    """Importing the module loads neither torch nor openvino; converting and running a network
+    leaves no OpenVINO telemetry files in the home folder (nothing is sent)."""
+    code = ("import sys\nfrom totalseg.predict import fast_engine\n"
+            "assert 'torch' not in sys.modules and 'openvino' not in sys.modules, 'heavy import'\n"
+            "import torch\nnet = torch.nn.Conv3d(1, 2, 3, padding=1).eval()\n"
+            "fast = fast_engine.FastNetwork(net, (8, 8, 8), 1, None, precision='f32')\n"
+            "print(fast(torch.zeros(1, 1, 8, 8, 8)).shape)\n")
+    env = {**os.environ, "HOME": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "torch.Size([1, 2, 8, 8, 8])" in proc.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("flags, native, default", [
+    ({"avx512f", "amx_bf16", "avx512_bf16"}, True, "bf16"),
+    ({"avx512f", "avx512_bf16"}, True, "f32"),  # bf16 without AMX ran slower than f32
+    ({"avx512f", "avx2"}, False, "f32"),
+])
+def test_precision_choice(monkeypatch, flags, native, default):
+    monkeypatch.setattr(fast_engine, "_cpu_flags", lambda: flags)
+    assert fast_engine.native_bf16() is native and fast_engine.default_precision() == default

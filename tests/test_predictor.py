@@ -1,0 +1,233 @@
+"""The predictor and the run plan: one plan for install and run, the device path, torch's settings."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import REF
+from totalseg.errors import UserError
+from totalseg.pipeline import segment
+from totalseg.plan import Options, plan_run
+from totalseg.registry import get_task, task_names
+from totalseg.volume import Volume
+
+
+class Recorder:
+    """A labeller that records the models asked for and answers with every label of the model
+    (cycling through the voxels), so every crop finds its classes and every later step runs."""
+
+    def __init__(self):
+        self.loaded: list[int] = []
+
+    def model_labels(self, model, folds, data, spacing, step, progress=None):
+        self.loaded.append(model.id)
+        n = len(model.classes) + 1
+        return (np.arange(data.size) % n).astype(np.uint8).reshape(data.shape)
+
+
+def _unique(ids):
+    return list(dict.fromkeys(ids))
+
+
+def _variants(task):
+    modes = [Options()]
+    if not task.disallow_fast:
+        modes += [Options(fast=True), Options(fastest=True)]
+    for base in modes:
+        yield base
+        yield Options(**{**base.__dict__, "robust_crop": True})
+        yield Options(**{**base.__dict__, "body_seg": True})
+        if task.name in ("total", "total_mr"):
+            yield Options(**{**base.__dict__, "roi_subset": ("liver", "brain")})
+            yield Options(**{**base.__dict__, "roi_subset": ("liver",), "robust_crop": True})
+
+
+@pytest.mark.parametrize("task_name", task_names())
+def test_models_loaded_are_the_models_planned(task_name):
+    """Every task × mode × (-rs, -rc, -bs): the models the run loads are exactly the planned ones,
+    in the planned order (what is installed up front is what runs)."""
+    task = get_task(task_name)
+    image = Volume(np.zeros((24, 24, 24), dtype=np.int16), np.diag([1.5, 1.5, 1.5, 1.0]))
+    for options in _variants(task):
+        plan = plan_run(task, options)
+        recorder = Recorder()
+        result = segment(image, plan, recorder)
+        assert _unique(recorder.loaded) == [m.id for m in plan.models()], (task_name, options)
+        assert result.labels.shape == image.shape
+
+
+def test_teeth_robust_crop_plans_the_model_it_runs():
+    """The crop task of teeth keeps -rc: its rough crop model is the 3 mm one, in plan and run."""
+    plan = plan_run(get_task("teeth"), Options(robust_crop=True))
+    crop_run = plan.crop.source
+    assert [m.id for m in crop_run.crop.source.models] == [297]
+    assert 297 in [m.id for m in plan.models()] and 298 not in [m.id for m in plan.models()]
+
+
+def test_roi_subset_on_other_tasks_is_refused():
+    with pytest.raises(UserError, match="roi_subset works only"):
+        plan_run(get_task("body"), Options(roi_subset=("body_trunc",)))
+
+
+def _device_audit():
+    """A torch function mode that records every op whose tensors live on more than one device
+    (moves between devices excepted); torch itself does not refuse ``cpu_tensor += meta_tensor``."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+    from torch.utils._pytree import tree_flatten
+
+    moves = {torch.Tensor.to, torch.Tensor.cpu, torch.Tensor.cuda, torch.Tensor.copy_,
+             torch._has_compatible_shallow_copy_type}  # Module.to() moving parameters
+
+    class Audit(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.mixed: list[str] = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func not in moves:
+                tensors = [t for t in tree_flatten((args, kwargs, out))[0] if isinstance(t, torch.Tensor)]
+                if len({t.device.type for t in tensors}) > 1:
+                    self.mixed.append(getattr(func, "__name__", str(func)))
+            return out
+
+    return Audit()
+
+
+def _small_image(crop: bool = False):
+    from totalseg.load.nifti import load_nifti
+
+    volume = load_nifti(REF / "example_ct_sm.nii.gz").volume
+    # a corner of it keeps host-side resampling to 0.4 mm (cerebral_bleed) short
+    return volume.with_data(np.ascontiguousarray(volume.data[40:72, 30:62, 10:20])) if crop else volume
+
+
+@pytest.mark.parametrize("task_name, options", [("body", Options(fast=True)), ("total", Options(fast=True)),
+                                                ("cerebral_bleed", Options())])
+def test_device_path_runs_on_meta_without_mixing_devices(use_home, task_name, options):
+    """Every model step of a plan with an explicit device (meta: shapes only) through the same code as
+    a GPU (streamed labels, and whole logits for nnU-Net's own resampling): every tensor of the sliding
+    window lives on the device; labels come back as zeros."""
+    from totalseg.pipeline import predict
+    from totalseg.predictor import Predictor
+
+    predictor = Predictor("meta")
+    plan = plan_run(get_task(task_name), options)
+    image = _small_image(crop=True)
+    with _device_audit() as audit:
+        for step in plan.steps():
+            labels = predict(image, step, predictor).labels
+            assert labels.shape == image.shape and not labels.any()
+        assert segment(image, plan, predictor).labels.shape == image.shape
+    assert audit.mixed == []
+    assert predictor.loads[:len(plan.models())] == [m.id for m in plan.models()]
+
+
+def test_meta_audit_catches_sums_kept_on_the_host(use_home, monkeypatch):
+    """The audit above can fail: sums built on the CPU while the network runs on the device."""
+    from totalseg.predict import sliding_window
+    from totalseg.predictor import Predictor
+
+    real = sliding_window._streamed_labels
+    monkeypatch.setattr(sliding_window, "_streamed_labels",
+                        lambda runner, data, patch, step, heads, dtype, results: real(
+                            runner, data, patch, step, heads, dtype, "cpu"))
+    audit = _device_audit()
+    with pytest.raises((NotImplementedError, RuntimeError)):  # the network's output cannot reach host sums
+        with audit:
+            segment(_small_image(), plan_run(get_task("body"), Options(fast=True)), Predictor("meta"))
+
+
+def test_predictor_restores_torch_settings(use_home):
+    import torch
+
+    from totalseg.predictor import Predictor, flushing_denormals
+
+    threads = torch.get_num_threads()
+    image = _small_image()
+    plan = plan_run(get_task("body"), Options(fast=True))
+    try:
+        for flush, caller_threads in ((False, 1), (True, 2)):
+            torch.set_num_threads(caller_threads)
+            torch.set_flush_denormal(flush)
+            segment(image, plan, Predictor("cpu", threads=2))
+            assert torch.get_num_threads() == caller_threads
+            assert flushing_denormals() == flush
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_flush_denormal(False)
+
+
+def test_predictor_keeps_models_loaded_across_images(use_home):
+    from totalseg.predictor import Predictor
+
+    image = _small_image()
+    plan = plan_run(get_task("total"), Options(roi_subset=("liver",)))
+    with Predictor("cpu", keep_models=2) as predictor:
+        first = segment(image, plan, predictor).labels
+        second = segment(image, plan, predictor).labels
+    assert predictor.loads == [298, 291]  # loaded once for both images
+    assert np.array_equal(first, second)
+
+
+def test_predictor_segment_matches_the_function(use_home, tmp_path):
+    """Predictor.segment is totalsegmentator() with the predictor's models: same voxels."""
+    from totalseg import Predictor, totalsegmentator
+
+    a = totalsegmentator(REF / "example_ct_sm.nii.gz", None, fast=True, device="cpu", quiet=True)
+    with Predictor("cpu") as predictor:
+        b = predictor.segment(REF / "example_ct_sm.nii.gz", fast=True, quiet=True)
+        with pytest.raises(UserError, match="predictor"):
+            predictor.segment(REF / "example_ct_sm.nii.gz", fast=True, device="cpu")
+    assert np.array_equal(np.asanyarray(a.dataobj), np.asanyarray(b.dataobj))
+
+
+def test_unknown_engine_is_refused(use_home, tmp_path, monkeypatch):
+    from totalseg.cli.totalsegmentator import main
+
+    monkeypatch.setenv("TOTALSEG_ENGINE", "turbo")
+    out = tmp_path / "o.nii.gz"
+    assert main(["-i", str(REF / "example_ct_sm.nii.gz"), "-o", str(out), "--ml", "-d", "cpu", "-q"]) == 1
+    assert not out.exists()
+
+
+def test_fast_engine_on_gpu_request_is_refused_when_cuda_is_present(monkeypatch):
+    import torch
+
+    from totalseg.predictor import Predictor
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(UserError, match="engine fast runs on the CPU"):
+        Predictor("gpu", engine="fast")
+
+
+def test_progress_bar_counts_every_tile(use_home):
+    """A bar per model run: its total is the model's tile count and it ends full."""
+    from totalseg.pipeline import predict
+    from totalseg.predictor import Predictor
+
+    bars = []
+
+    class Bar:
+        def __init__(self, total):
+            self.total, self.n = total, 0
+            bars.append(self)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+        def update(self, n):
+            self.n += n
+
+    predictor = Predictor("cpu", progress_bars=True)
+    plan = plan_run(get_task("total"), Options(fast=True))
+    entry = predictor._entry(plan.main.models[0], plan.task.folds)
+    from dataclasses import replace
+    entry.runner = replace(entry.runner, progress_bar=Bar)
+    predict(_small_image(), plan.main, predictor)
+    assert len(bars) == 1 and bars[0].total > 1 and bars[0].n == bars[0].total

@@ -1,0 +1,195 @@
+"""The predictor: one owner for the device, the engine, the loaded models and torch's settings.
+
+A notebook or a cohort script loads models once and segments many images::
+
+    from totalseg import Predictor
+
+    with Predictor(device="gpu") as predictor:          # or device="cpu", engine="fast"
+        for path in paths:
+            predictor.segment(path, out_dir / path.name, fast=True, ml=True)
+
+``segment`` takes the options of :func:`totalseg.totalsegmentator` (which itself runs through a
+predictor). Torch's intra-op thread count, its denormal setting and cuDNN's benchmark flag are set
+only while a model runs and are restored afterwards, so the caller's own torch settings stay as
+they were. Use one predictor from one thread at a time.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from functools import partial
+from collections import OrderedDict
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from totalseg import home
+from totalseg.device import select_device
+from totalseg.errors import UserError
+from totalseg.notice import notice_printer
+from totalseg.registry import Model
+
+ENGINES = ("exact", "fast")
+
+
+def flushing_denormals() -> bool:
+    """Whether this thread flushes subnormal floats to zero (torch has no getter: a subnormal
+    operand reads as zero when it does)."""
+    import torch
+
+    return bool((torch.tensor([1e-39]) * torch.tensor([1.0])).item() == 0.0)
+
+
+@contextmanager
+def torch_settings(threads: int | None, flush_denormal: bool, cudnn_benchmark: bool | None) -> Iterator[None]:
+    """Torch's thread count, denormal flushing and cuDNN benchmark flag set for a block, then
+    restored to what they were."""
+    import torch
+
+    before = (torch.get_num_threads(), flushing_denormals(), torch.backends.cudnn.benchmark)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    torch.set_flush_denormal(flush_denormal)
+    if cudnn_benchmark is not None:
+        torch.backends.cudnn.benchmark = cudnn_benchmark
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        torch.set_flush_denormal(before[1])
+        torch.backends.cudnn.benchmark = before[2]
+
+
+def default_threads() -> int:
+    """The cores this process may use (the official tool uses all of them on the CPU)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _tile_bar(name: str, total: int):
+    """A tqdm bar on stderr for the tiles of one model run (removed when done: the run's own lines stay)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=f"  {name}", unit="tile", file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+class _Entry:
+    """A loaded model: plans, networks on the device, and what runs them."""
+
+    def __init__(self, loaded, runner):
+        self.plans = loaded.plans
+        self.runner = runner
+
+
+class Predictor:
+    """Runs nnU-Net models on one device through one engine, loading each model once.
+
+    device: ``gpu`` / ``gpu:N`` (CUDA; the CPU with a notice when there is none), ``cpu``, ``mps``,
+    or ``meta`` (a dry run without values, for tests). engine: ``exact`` (the official arithmetic,
+    bit for bit) or ``fast`` (CPU only: OpenVINO, bf16 where the CPU has it; not bitwise).
+    keep_models: how many loaded models stay in memory (least recently used dropped first).
+    progress_bars: a bar per model on stderr (tiles done, elapsed, ETA); None: when stderr is a terminal.
+    """
+
+    def __init__(self, device: str = "gpu", engine: str = "exact", threads: int | None = None,
+                 keep_models: int = 1, home_dir: Path | None = None,
+                 notice: Callable[[str], None] | None = None, progress_bars: bool | None = None):
+        if engine not in ENGINES:
+            raise UserError(f"unknown engine '{engine}'; use exact or fast")
+        self.notice = notice or notice_printer()
+        self.device = "meta" if device == "meta" else select_device(device, self.notice)
+        if engine == "fast" and self.device != "cpu":
+            raise UserError("--engine fast runs on the CPU; use -d cpu with it, or --engine exact on the GPU")
+        self.engine = engine
+        self.threads = threads or default_threads()
+        self.keep_models = max(1, keep_models)
+        self.progress_bars = sys.stderr.isatty() if progress_bars is None else progress_bars
+        self.home = home.home_dir() if home_dir is None else Path(home_dir)
+        self.weights = home.weights_dir() if home_dir is None else self.home / "nnunet" / "results"
+        self._models: OrderedDict[tuple, _Entry] = OrderedDict()
+        self.loads: list[int] = []  # dataset ids in the order they were loaded (for reports and tests)
+
+    def __enter__(self) -> "Predictor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Drop every loaded model (and the device memory it held)."""
+        self._models.clear()
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
+
+    def _entry(self, model: Model, folds: tuple[int, ...] | None) -> _Entry:
+        from totalseg.weights import model_folder
+
+        folder = model_folder(model, self.weights)
+        key = (folder, model.configuration, folds)
+        if key in self._models:
+            self._models.move_to_end(key)
+            return self._models[key]
+        while len(self._models) >= self.keep_models:
+            self._models.popitem(last=False)  # freed before the next one loads
+        entry = self._load(folder, model, folds)
+        self._models[key] = entry
+        self.loads.append(model.id)
+        return entry
+
+    def _load(self, folder: Path, model: Model, folds: tuple[int, ...] | None) -> _Entry:
+        from totalseg.predict.kernel_checks import KernelChecks
+        from totalseg.predict.model import load_model
+        from totalseg.predict.sliding_window import Runner
+
+        loaded = load_model(folder, model.configuration, folds)
+        networks = loaded.networks
+        if self.device != "cpu":
+            networks = [net.to(self.device) for net in networks]
+        elif self.engine == "fast":
+            networks = self._fast_networks(loaded, model)
+        checks = KernelChecks(self.home / "kernel_checks" / f"{model.folder}.json")
+        bar = partial(_tile_bar, model.folder) if self.progress_bars else None
+        return _Entry(loaded, Runner(networks, self.device, checks, self.notice, bar))
+
+    def _fast_networks(self, loaded, model: Model) -> list:
+        from totalseg.predict.fast_engine import FastNetwork
+
+        cache = self.home / "engine_cache" / model.folder / model.subfolder
+        plans = loaded.plans
+        return [FastNetwork(net, plans.patch_size, plans.num_input_channels, cache, threads=self.threads)
+                for net in loaded.networks]
+
+    def model_labels(self, model: Model, folds: tuple[int, ...] | None, data: np.ndarray, spacing,
+                     step: float, progress: Callable[[str], None] = lambda _: None) -> np.ndarray:
+        """Labels of ``model`` (its own label ids) on the canonical image ``data`` with voxel size ``spacing``."""
+        from totalseg.predict import nnunet
+
+        progress(f"  running {model.folder}")
+        entry = self._entry(model, folds)
+        with self.settings():
+            return nnunet.segment(data, spacing, entry.plans, entry.runner, step)
+
+    @contextmanager
+    def settings(self) -> Iterator[None]:
+        """Torch configured for this predictor's runs: threads (CPU), denormals flushed (subnormal
+        floats slow the CPU many times over and cannot move an fp16 logit), cuDNN benchmark on CUDA
+        (as nnU-Net); all restored afterwards."""
+        cuda = self.device.startswith("cuda")
+        with torch_settings(None if cuda else self.threads, True, True if cuda else None):
+            yield
+
+    def segment(self, input, output=None, **options):
+        """Segment ``input`` as :func:`totalseg.totalsegmentator` does, with this predictor's
+        device, engine and loaded models; returns what that function returns."""
+        from totalseg.api import totalsegmentator
+
+        for key in ("device", "engine"):
+            if key in options:
+                raise UserError(f"{key} is the predictor's: Predictor({key}=...), not segment({key}=...)")
+        return totalsegmentator(input, output, predictor=self, **options)

@@ -1,0 +1,63 @@
+"""``--report PATH``: the official JSON run manifest (``build_run_report`` of TotalSegmentator 2.18.0).
+
+The keys and their order are the official ones. ``totalsegmentator_version`` is the official version this
+package reproduces; ``nnunetv2_version`` is null (no nnU-Net code runs here: the networks run on totalseg's
+own engine); two keys follow the official ones: ``totalseg_version`` and ``engine`` (exact or fast).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from totalseg.write.atomic import write_atomic
+
+
+def device_name(device: str) -> str:
+    """The official report's device: ``gpu`` for CUDA, else the device type (``cpu``, ``mps``)."""
+    return "gpu" if device.startswith("cuda") else device.split(":")[0]
+
+
+def build_run_report(input, output, task: str, modality: str, license_required: bool, device: str,
+                     fast: bool, fastest: bool, ml: bool, output_type, roi_subset: Sequence[str] | None,
+                     classes: Mapping[int, str], runtime_seconds: float, save_lowres: bool = False,
+                     engine: str | None = None) -> dict:
+    """The manifest of a finished run (no side effects). ``classes``: the task's classes, roi-filtered."""
+    import torch
+
+    from totalseg import OFFICIAL_VERSION, __version__
+
+    output_files = []
+    if output is not None and Path(output).is_dir():
+        output_files = sorted(p.name for p in Path(output).glob("*.nii.gz"))
+    return {
+        "totalsegmentator_version": OFFICIAL_VERSION,
+        "nnunetv2_version": None,
+        "torch_version": torch.__version__,
+        "task": task,
+        "modality": modality.upper(),
+        "license_required": bool(license_required),
+        "device": device_name(device),
+        "fast": fast,
+        "fastest": fastest,
+        "save_lowres": save_lowres,
+        "multilabel": ml,
+        "output_type": output_type,
+        "roi_subset": None if roi_subset is None else list(roi_subset),
+        "input": str(Path(input)) if isinstance(input, (str, Path)) else "Nifti1Image",
+        "output": None if output is None else str(output),
+        "num_classes": len(classes),
+        "classes": {str(k): v for k, v in classes.items()},
+        "runtime_seconds": round(runtime_seconds, 2),
+        "output_files": output_files,
+        "totalseg_version": __version__,
+        "engine": engine,
+    }
+
+
+def write_report(report: dict, path) -> Path:
+    """Write ``report`` as the official does (``json.dump(indent=2)``), atomically; returns the path."""
+    path = Path(path).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
+    return path
