@@ -8,8 +8,9 @@ Without --home, a temporary home of random official-size networks is written by 
 Per model and engine it prints: build time (load excluded; first build converts and caches the IR,
 a second build reads it; medians over rounds), first call, the median of the --repeat further calls of
 all rounds and its ratio to torch's, peak RSS during the calls, and against torch's output on the same
-tile the max |logit difference| and the argmax agreement. The tile is the centre of a real chest CT, resampled to the model's spacing, normalised as
-its plans say and zero-padded to the patch (as the sliding window pads).
+tile the max |logit difference| and the argmax agreement. The tile is the centre of a real chest CT,
+resampled to the model's spacing, normalised as its plans say and zero-padded to the patch (as the
+sliding window pads).
 """
 from __future__ import annotations
 
@@ -128,7 +129,7 @@ def _versions() -> str:
 
 def _run_worker(folder: Path, engine: str, args, work: Path, ds: str, round_: int) -> dict:
     done = subprocess.run([sys.executable, __file__, "--repeat", str(args.repeat),
-                           "--worker", str(folder), engine, str(work), ds, str(round_)],
+                           "--worker", str(folder), engine, str(work), ds, str(round_)], check=False,
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     if done.returncode:
         raise SystemExit(f"engine.py: {engine} on {ds} failed:\n{done.stderr[-3000:]}")

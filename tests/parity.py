@@ -59,20 +59,24 @@ def label_differences(ours: np.ndarray, theirs: np.ndarray) -> dict[int, int]:
     return {int(label): int(np.count_nonzero(differ & ((ours == label) | (theirs == label)))) for label in found}
 
 
+def assert_labels_parity(ours: np.ndarray, theirs: np.ndarray, what: str,
+                         tolerance: Tolerance = STORED_ORACLE) -> None:
+    """Two label arrays of one shape differ in no more voxels than ``tolerance`` allows."""
+    total = int(np.count_nonzero(ours != theirs))
+    if not total:
+        return
+    per_label = label_differences(ours, theirs)
+    assert total <= tolerance.total and max(per_label.values()) <= tolerance.per_label, (
+        f"{what}: {total} voxels differ (at most {tolerance.total} allowed), per label "
+        f"{per_label} (at most {tolerance.per_label} each)")
+
+
 def assert_image_parity(ours: Path, theirs: Path, tolerance: Tolerance = STORED_ORACLE) -> None:
     a, b = nib.load(ours), nib.load(theirs)
     assert a.shape == b.shape, (ours.name, a.shape, b.shape)
     assert np.allclose(a.affine, b.affine, atol=1e-6), ours.name
     assert a.get_data_dtype() == b.get_data_dtype(), ours.name
-    x, y = np.asanyarray(a.dataobj), np.asanyarray(b.dataobj)
-    total = int(np.count_nonzero(x != y))
-    if not total:
-        return
-    per_label = label_differences(x, y)
-    worst = max(per_label.values())
-    assert total <= tolerance.total and worst <= tolerance.per_label, (
-        f"{ours.name}: {total} voxels differ (at most {tolerance.total} allowed), per label "
-        f"{per_label} (at most {tolerance.per_label} each)")
+    assert_labels_parity(np.asanyarray(a.dataobj), np.asanyarray(b.dataobj), ours.name, tolerance)
 
 
 def assert_statistics_parity(ours: Path, theirs: Path) -> None:

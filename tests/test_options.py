@@ -35,6 +35,9 @@ CASES = {
     "fastest_lowres": ["--fastest", "--ml", "-sl"],
     "fastest_lowres_files": ["--fastest", "-sl"],
     "fastest_stats": ["--fastest", "--ml"],
+    "fastest_ho_legacy": ["--fastest", "--ml", "--higher_order_resampling_LEGACY"],
+    "fastest_ho_legacy_roi": ["--fastest", "--ml", "--higher_order_resampling_LEGACY",
+                              "-rs", "trachea", "vertebrae_T9", "liver"],
 }
 
 
@@ -57,7 +60,8 @@ def _run_case(name: str, tmp_path: Path, extra: list[str] = (), quiet: bool = Tr
     return out
 
 
-@pytest.mark.parametrize("name", ["fast_rmb", "fastest_rmb500", "fast_v1o", "fast_v1o_roi", "fastest_lowres"])
+@pytest.mark.parametrize("name", ["fast_rmb", "fastest_rmb500", "fast_v1o", "fast_v1o_roi", "fastest_lowres",
+                                  "fastest_ho_legacy", "fastest_ho_legacy_roi"])
 def test_option_case_matches_official(name, use_home, tmp_path):
     out = _run_case(name, tmp_path, ["-rp", str(tmp_path / "report.json")] if name == "fast_rmb" else [])
     _assert_same_image(out, EXTRA / out.name)
@@ -117,7 +121,7 @@ def _refused(args: list[str], tmp_path: Path, capsys, fragment: str) -> None:
 @pytest.mark.parametrize("args, fragment", [
     (["-sp", "{tmp}/probs.npz"], "--save_probabilities is not supported"),
     (["-ho"], "--higher_order_resampling is not supported"),
-    (["--high_order_resampling_LEGACY"], "--higher_order_resampling_LEGACY is not supported"),
+    (["--high_order_resampling_LEGACY", "-v1o", "-rs", "liver", "-q"], "with --v1_order and --roi_subset"),
     (["--test", "1"], "--test is internal to the official test suite"),
     (["-t", "project1"], "--nora_tag calls a local NORA installation"),
     (["-ms", "small"], "model_size='small' is currently only supported for task 'total_v3'."),

@@ -1,4 +1,5 @@
-"""Every core oracle case: our command gives what the official TotalSegmentator 2.18.0 gave."""
+"""Every core oracle case: our command gives what the official TotalSegmentator 2.18.0 gave (stored oracle,
+under the near-tie tolerance of tests/parity.py; tests/test_official_live.py compares bit for bit on this machine)."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import ORACLE, REF
-from parity import assert_image_parity, assert_output_parity
+from parity import assert_image_parity, assert_labels_parity, assert_output_parity
 from totalseg.cli.totalsegmentator import main
 from totalseg.write.labelmap import load_multilabel_nifti
 
@@ -39,7 +40,7 @@ def test_api_with_nibabel_image(use_home):
     img = nib.load(REF / "example_ct_sm.nii.gz")
     out, stats = totalsegmentator(img, None, fast=True, device="cpu", quiet=True, statistics=True)
     theirs = nib.load(ORACLE / "fast_ml.nii.gz")
-    assert np.array_equal(np.asanyarray(out.dataobj), np.asanyarray(theirs.dataobj))
+    assert_labels_parity(np.asanyarray(out.dataobj), np.asanyarray(theirs.dataobj), "API output")
     assert np.allclose(out.affine, theirs.affine)
     official = json.loads((ORACLE / "fast_files_stats" / "statistics.json").read_text())
     assert list(stats) == list(official)

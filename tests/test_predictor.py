@@ -231,3 +231,32 @@ def test_progress_bar_counts_every_tile(use_home):
     entry.runner = replace(entry.runner, progress_bar=Bar)
     predict(_small_image(), plan.main, predictor)
     assert len(bars) == 1 and bars[0].total > 1 and bars[0].n == bars[0].total
+
+
+@pytest.mark.parametrize("how", ["flag", "environment"])
+def test_fast_engine_end_to_end(use_home, tmp_path, monkeypatch, how):
+    """--engine fast (or TOTALSEG_ENGINE=fast) runs the networks on OpenVINO: nearly the official masks
+    (not bitwise: the agreement with the stored official output is measured), converted models cached
+    in the home's engine_cache, never in the model folders."""
+    pytest.importorskip("totalseg.predict.fast_engine")
+    from totalseg.cli.totalsegmentator import main
+    from totalseg.predict.fast_engine import available
+
+    if not available():
+        pytest.skip("openvino is not installed (pip install -e '.[fast]')")
+    import nibabel as nib
+
+    from conftest import ORACLE
+
+    out = tmp_path / "fast.nii.gz"
+    args = ["-i", str(REF / "example_ct_sm.nii.gz"), "-o", str(out), "--fast", "--ml", "-d", "cpu", "-q"]
+    if how == "flag":
+        args += ["--engine", "fast"]
+    else:
+        monkeypatch.setenv("TOTALSEG_ENGINE", "fast")
+    assert main(args) == 0
+    ours = np.asanyarray(nib.load(out).dataobj)
+    official = np.asanyarray(nib.load(ORACLE / "fast_ml.nii.gz").dataobj)
+    assert (ours == official).mean() >= 0.999
+    assert list(use_home.glob("engine_cache/Dataset297_*/*/*.xml"))
+    assert not list((use_home / "nnunet").rglob("*.xml"))

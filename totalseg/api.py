@@ -32,11 +32,8 @@ _REFUSED = {
                           "arrays (s01.npz/.pkl), which this engine never keeps; run without it (the labels are "
                           "in the output)",
     "higher_order_resampling": "--higher_order_resampling is not supported by totalseg (nnU-Net's own resampling "
-                               "with cropped-logits export); run without it: the default (nearest-neighbour "
-                               "upsampling of the labels) is the official default",
-    "higher_order_resampling_LEGACY": "--higher_order_resampling_LEGACY is not supported by totalseg (one-hot "
-                                      "order-1 upsampling of the labels); run without it: the default "
-                                      "(nearest-neighbour upsampling) is the official default",
+                               "with cropped-logits export); run without it (nearest-neighbour upsampling, the "
+                               "official default) or with --higher_order_resampling_LEGACY for smoother masks",
     "test": "--test is internal to the official test suite (it copies the suite's reference segmentation "
             "instead of predicting); run without it",
     "nora_tag": "--nora_tag calls a local NORA installation (/opt/nora/src/node/nora), which totalseg does not "
@@ -248,7 +245,7 @@ def _lowres_output(result, image):
     return low.data, low.affine, header
 
 
-def _run_segment(image, plan, say, predictor, device, engine, quiet, blobs_mm3, debug, input, task):
+def _run_segment(image, plan, say, predictor, device, engine, quiet, debug, input, task, **options):
     """``segment`` with the run's own predictor (or the one given); ``--debug`` names the input and task
     when it fails unexpectedly. Returns the result and the device the networks ran on."""
     from totalseg.predictor import Predictor
@@ -256,9 +253,9 @@ def _run_segment(image, plan, say, predictor, device, engine, quiet, blobs_mm3, 
     try:
         if predictor is None:
             with Predictor(device or "gpu", engine, notice=say, progress_bars=False if quiet else None) as own:
-                return segment(image.volume, plan, own, progress=say, blobs_mm3=blobs_mm3), own.device
+                return segment(image.volume, plan, own, progress=say, **options), own.device
         _check_predictor(predictor, device, engine)
-        return segment(image.volume, plan, predictor, progress=say, blobs_mm3=blobs_mm3), predictor.device
+        return segment(image.volume, plan, predictor, progress=say, **options), predictor.device
     except UserError:
         raise
     except Exception:
@@ -295,7 +292,6 @@ def totalsegmentator(input, output=None, ml: bool = False, nr_thr_resamp: int = 
     tell = notice_printer(not verbose)  # -v: steps and timings
     _refuse_unsupported(task, save_probabilities=save_probabilities, test=test, nora_tag=nora_tag,
                         higher_order_resampling=higher_order_resampling, plans=plans, model_size=model_size,
-                        higher_order_resampling_LEGACY=higher_order_resampling_LEGACY,
                         statistics_normalized_intensities=statistics_normalized_intensities,
                         nr_thr_saving=nr_thr_saving)
     blobs_mm3 = _blob_size(remove_small_blobs)
@@ -337,6 +333,9 @@ def totalsegmentator(input, output=None, ml: bool = False, nr_thr_resamp: int = 
     _check_output(None if skip_saving or (dicom_paths and "nifti" not in dicom_paths) else output, ml)
     _check_extras(output, ml, skip_saving, preview, radiomics)
     v1_classes = _v1_classes(v1_order, task, types, ml, None if skip_saving else output, say)
+    if v1_classes is not None and roi_subset and higher_order_resampling_LEGACY:
+        raise UserError("--higher_order_resampling_LEGACY with --v1_order and --roi_subset is not supported (the "
+                        "official tool filters v2 labels by v1 ids there); drop one of them")
     if license_number:
         config.check_license_format(license_number)
         config.update_config({"license_number": license_number})
@@ -360,7 +359,8 @@ def totalsegmentator(input, output=None, ml: bool = False, nr_thr_resamp: int = 
         image = load_nifti(input, warn=lambda m: say(f"WARNING: {m}"))
     say(f"Predicting {task}{' (fast)' if fast else ''}{' (fastest)' if fastest else ''}...")
     step = time.time()
-    result, ran_on = _run_segment(image, plan, say, predictor, device, engine, quiet, blobs_mm3, debug, input, task)
+    result, ran_on = _run_segment(image, plan, say, predictor, device, engine, quiet, debug, input, task,
+                                  blobs_mm3=blobs_mm3, one_hot=bool(higher_order_resampling_LEGACY))
     tell(f"  predicted on {ran_on} in {time.time() - step:.2f}s")
 
     stats = None
@@ -413,11 +413,11 @@ def totalsegmentator(input, output=None, ml: bool = False, nr_thr_resamp: int = 
             stats_path.parent.mkdir(parents=True, exist_ok=True)
             write_statistics(stats, stats_path)
     if report is not None:
-        path = write_report(build_run_report(
-            input, report_output, task,
-            task_info.modality, task_info.licensed, ran_on, fast, fastest, report_ml,
+        manifest = build_run_report(
+            input, report_output, task, task_info.modality, task_info.licensed, ran_on, fast, fastest, report_ml,
             types[0] if len(types) == 1 else types, roi_subset, result.class_map, time.time() - started,
-            save_lowres=bool(save_lowres), engine=engine or getattr(predictor, "engine", None)), report)
+            save_lowres=bool(save_lowres), engine=engine or getattr(predictor, "engine", None))
+        path = write_report(manifest, report)
         say(f"Run report written to {path}")
     out_img = with_label_table(label_image(out_labels, affine, header), dict(out_classes))
     return (out_img, stats) if statistics else out_img

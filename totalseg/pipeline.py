@@ -82,14 +82,21 @@ def run_models(vol: Volume, step: ModelStep, labeller: Labeller, progress: Progr
 
 
 def predict(image: Volume, step: ModelStep, labeller: Labeller, progress: Progress = _quiet,
-            blobs_mm3: float | None = None) -> Prediction:
-    """Run ``step`` on ``image`` (any orientation) and return labels on its own grid."""
+            blobs_mm3: float | None = None, one_hot: Sequence[int] | None = None) -> Prediction:
+    """Run ``step`` on ``image`` (any orientation) and return labels on its own grid.
+
+    ``one_hot`` (``--higher_order_resampling_LEGACY``): upsample these labels one-hot with order 1 (other
+    labels are dropped first) instead of nearest-neighbour."""
     canon = to_canonical(image)
     spacing = step.resample
     small = canon if spacing is None else resample.to_spacing(canon, spacing, step.resampling_order)
     labels = run_models(small, step, labeller, progress, blobs_mm3)
     low = Volume(labels, small.affine)
-    back = low if spacing is None else resample.to_shape(low, canon.shape, canon.affine, order=0)
+    if spacing is not None and one_hot is not None:
+        kept = np.where(np.isin(labels, list(one_hot)), labels, 0).astype(np.uint8)
+        back = Volume(postprocess.upsample_one_hot(kept, canon.shape), canon.affine)
+    else:
+        back = low if spacing is None else resample.to_shape(low, canon.shape, canon.affine, order=0)
     out = from_canonical(back, image.affine).data
     return Prediction(np.ascontiguousarray(out), low, small)
 
@@ -116,17 +123,18 @@ def _crop_box(image: Volume, plan: RunPlan, labeller: Labeller, progress: Progre
 
 
 def segment(image: Volume, plan: RunPlan, labeller: Labeller, progress: Progress = _quiet,
-            blobs_mm3: float | None = None) -> Result:
+            blobs_mm3: float | None = None, one_hot: bool = False) -> Result:
     """Carry out ``plan`` on ``image``; labels come back on the image's own grid.
 
-    ``blobs_mm3`` (``--remove_small_blobs``) applies to the main step only, as in the official tool."""
+    ``blobs_mm3`` (``--remove_small_blobs``) and ``one_hot`` (``--higher_order_resampling_LEGACY``: the
+    reported classes upsampled one-hot, order 1) apply to the main step only, as in the official tool."""
     box, keep_mask = None, None
     if plan.crop is not None:
         box, keep_mask = _crop_box(image, plan, labeller, progress)
         if box is None:
             return Result(np.zeros(image.shape, dtype=np.uint8), plan.class_map)
     work = image if box is None else cropping.crop(image, box)
-    pred = predict(work, plan.main, labeller, progress, blobs_mm3)
+    pred = predict(work, plan.main, labeller, progress, blobs_mm3, list(plan.class_map) if one_hot else None)
     labels = pred.labels if box is None else cropping.uncrop(pred.labels, box, image.shape)
     if plan.refine is not None:
         progress("  refining with the vertebral bodies")

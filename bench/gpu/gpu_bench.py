@@ -200,18 +200,27 @@ class Sampler:
             return float(out.split()[0])
         return None
 
-    def idle_mib(self, seconds: float = 1.0):
+    def idle_mib(self, seconds: float = 1.0, settle_s: float = 8.0):
+        """The GPU's used memory before a run: sampled for ``seconds``, longer (up to ``settle_s``) while it
+        still changes (memory of the previous run's processes being released); median of the last samples."""
         if self.kind is None:
             return None
         values = []
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
+        start = time.monotonic()
+        while True:
             try:
                 values.append(self.used_mib_once())
             except Exception:
                 break
+            elapsed = time.monotonic() - start
+            recent = values[-5:]
+            if elapsed >= settle_s or (elapsed >= seconds and len(recent) == 5 and max(recent) - min(recent) <= 8):
+                break
             time.sleep(0.1)
-        return max(values) if values else None
+        if not values:
+            return None
+        recent = sorted(values[-5:])
+        return recent[len(recent) // 2]
 
     def start(self, pid: int) -> None:
         self.peak_gpu = None
@@ -301,7 +310,7 @@ def copy_home(src: Path, dst: Path) -> None:
 
 def clean_progress(text: str) -> str:
     """tqdm's carriage-return redraws: keep only the last state of each line."""
-    return "\n".join(line.rsplit("\r", 1)[-1] for line in text.splitlines())
+    return "\n".join(line.rstrip("\r").rsplit("\r", 1)[-1] for line in text.split("\n"))
 
 
 OFFICIAL_MAIN = ("import sys; sys.argv[0] = 'TotalSegmentator'; "

@@ -19,6 +19,7 @@
 # $OUT/seg_<case>_<tool>.nii.gz; without $OUT: bench/work/gpu/.
 # Environment knobs: BENCH_BUDGET_S (seconds for everything from the start of this script: default 560 on the
 # device, 3600 dry), BENCH_CAP_FAST_S / BENCH_CAP_ML_S (timeout of one tool run: 150 / 270 on the device).
+# BENCH_DRY_INPUT (dry run only: another input image, e.g. example_ct_sm.nii.gz on a busy machine).
 # Exit status: 0 when every step and all four runs succeeded, 1 otherwise (it goes on past a failed run).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -50,7 +51,7 @@ main() {
         BUDGET="${BENCH_BUDGET_S:-3600}"
         CAP_FAST="${BENCH_CAP_FAST_S:-600}"
         CAP_ML="${BENCH_CAP_ML_S:-1200}"
-        INPUT=/work/shared/data/totalseg_reference/example_ct.nii.gz
+        INPUT="${BENCH_DRY_INPUT:-/work/shared/data/totalseg_reference/example_ct.nii.gz}"
         WHOME=/work/shared/data/fake_weights_tiny
         BASE=/tmp/gpu-dry
         SHIM=(--torchvision-shim)

@@ -30,6 +30,8 @@ declare -A OPTIONS=(
     [fastest_lowres]="-o $OUT/fastest_lowres.nii.gz --fastest --ml -sl"
     [fastest_lowres_files]="-o $OUT/fastest_lowres_files --fastest -sl"
     [fastest_stats]="-o $OUT/fastest_stats.nii.gz --fastest --ml -s $OUT/fastest_stats.json"
+    [fastest_ho_legacy]="-o $OUT/fastest_ho_legacy.nii.gz --fastest --ml --higher_order_resampling_LEGACY"
+    [fastest_ho_legacy_roi]="-o $OUT/fastest_ho_legacy_roi.nii.gz --fastest --ml --higher_order_resampling_LEGACY -rs trachea vertebrae_T9 liver"
 )
 cases=("$@")
 [ ${#cases[@]} -gt 0 ] || cases=(pleural_pericard_effusion oculomotor_muscles tissue_types heartchambers_highres vertebrae_pp

@@ -63,6 +63,33 @@ def remove_small_blobs(labels: np.ndarray, class_map: dict[int, str], spacing, m
         box[mask & ~drop_small_components(mask, threshold)] = 0
 
 
+def upsample_one_hot(labels: np.ndarray, shape, order: int = 1) -> np.ndarray:
+    """``--higher_order_resampling_LEGACY``: ``labels`` onto a grid of ``shape``, each label resampled as
+    its own 0/1 mask (spline ``order``, half-voxel-centred grid, ``mode="nearest"``) within its bounding box
+    plus a margin, kept where it reaches 0.5. Labels go in increasing order; a later one wins a voxel."""
+    old, new = np.array(labels.shape), np.array(shape).astype(int)
+    scale = new / old
+    out = np.zeros(new, dtype=labels.dtype)
+    margin = max(2, order + 1)
+    boxes = ndimage.find_objects(labels)
+    for k, box in enumerate(boxes, start=1):
+        if box is None:
+            continue
+        start = np.maximum(np.array([s.start for s in box]) - margin, 0)
+        stop = np.minimum(np.array([s.stop for s in box]) + margin, old)
+        mask = (labels[tuple(map(slice, start, stop))] == k).astype(np.float32)
+        lo = np.maximum(np.floor(start * scale).astype(int), 0)
+        hi = np.minimum(np.ceil(stop * scale).astype(int), new)
+        if np.any(hi - lo <= 0):
+            continue
+        axes = [(np.arange(a, b) + 0.5) * n_old / n_new - 0.5 - offset
+                for a, b, n_old, n_new, offset in zip(lo, hi, old, new, start)]
+        grid = np.array(np.meshgrid(*axes, indexing="ij"))
+        inside = ndimage.map_coordinates(mask, grid, order=order, mode="nearest", cval=0) >= 0.5
+        out[tuple(map(slice, lo, hi))][inside] = k
+    return out
+
+
 def to_v1_order(labels: np.ndarray, class_map: dict[int, str], v1_map: dict[int, str]) -> np.ndarray:
     """``--v1_order``: labels renumbered to the v1 class map by name; classes v1 lacks become 0."""
     ids = {name: k for k, name in class_map.items()}

@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     a("-ho", "--higher_order_resampling", "--high_order_resampling", action="store_true",
       help="official: nnU-Net's cropped-logits resampling; refused here (not supported)")
     a("--higher_order_resampling_LEGACY", "--high_order_resampling_LEGACY", action="store_true",
-      help="official: one-hot order-1 upsampling of the labels; refused here (not supported)")
+      help="upsample the labels one-hot with order 1 (smoother masks) instead of nearest-neighbour")
     a("-s", "--statistics", nargs="?", const=True, default=False,
       help="write statistics.json (volume in mm3, mean intensity per class), optionally to this path")
     a("-r", "--radiomics", action="store_true", help="radiomics features per class")

@@ -1,8 +1,8 @@
 """Opt-in fast CPU engine: the same nnU-Net network, run by OpenVINO instead of torch's CPU kernels.
 
 The default engine keeps torch's kernels because only they reproduce the official masks bit for bit.
-OpenVINO's convolutions are faster (about 2x on a 2-core Xeon, bench/README.md), and bf16 (by default
-only where AMX makes it pay) faster still; never bitwise: its agreement with torch is measured
+OpenVINO runs the same network faster (bench/README.md), in f32, or in bf16 where the CPU has AMX
+(default_precision says why only there). Never bitwise: its agreement with torch is measured
 (tests/test_fast_engine.py, bench/engine.py).
 
 Converting a network costs seconds, so the converted model (OpenVINO IR, .xml + .bin) is cached under
@@ -156,7 +156,9 @@ def _convert(ov, net, patch, in_channels: int):
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         # check_trace=False: the check reruns the network twice and compares, for nothing here.
         traced = torch.jit.trace(net, example, check_trace=False, strict=False)
-        model = ov.convert_model(traced, example_input=example)
+        # share_weights=False: the compiled network must not read the torch tensors, which the caller
+        # may free (the pipeline drops each model after use) or change.
+        model = ov.convert_model(traced, example_input=example, share_weights=False)
     model.reshape([1, in_channels, *patch])
     return model
 
@@ -227,10 +229,10 @@ def _read_ir(xml: Path, in_channels: int, patch):
         # damaged file, and their C++ logging prints to stderr.
         front_end = _openvino().frontend.FrontEndManager().load_by_framework("ir")
         model = front_end.convert(front_end.load(str(xml)))
-        if _fits(model, in_channels, patch):
-            return model
     except Exception:  # noqa: BLE001 - whatever is wrong with the file, it is rebuilt
-        pass
+        model = None
+    if model is not None and _fits(model, in_channels, patch):
+        return model
     _remove_ir(xml)
     return None
 
