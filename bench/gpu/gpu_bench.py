@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import resource
 import shlex
 import shutil
 import signal
@@ -347,6 +348,7 @@ def run_tool(args, sampler: Sampler, tool: str, key: str, options: list[str], ti
     idle = sampler.idle_mib(1.0)
     log_file = run_dir / "tool.log"
     timed_out = False
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(log_file, "wb") as lf:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=run_dir, env=env, stdout=lf, stderr=subprocess.STDOUT,
@@ -360,6 +362,8 @@ def run_tool(args, sampler: Sampler, tool: str, key: str, options: list[str], ti
             timed_out = True
         wall = time.perf_counter() - t0
         peak_gpu, peak_rss = sampler.stop()
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     try:
         os.killpg(proc.pid, signal.SIGKILL)  # leftovers of the tool's process group (workers)
     except ProcessLookupError:
@@ -369,6 +373,7 @@ def run_tool(args, sampler: Sampler, tool: str, key: str, options: list[str], ti
     text = clean_progress(log_file.read_text(errors="replace"))
     res = {"tool": tool, "options": options + ["-d", args.device], "command": cmd, "rc": rc,
            "timed_out": timed_out, "timeout_s": int(timeout_s), "wall_s": round(wall, 2),
+           "cpu_s": round(cpu_s, 1),
            "gpu_idle_mib": idle, "gpu_peak_mib": peak_gpu,
            "gpu_peak_over_idle_mib": (round(peak_gpu - idle) if peak_gpu is not None and idle is not None else None),
            "host_tree_rss_peak_mib": round(peak_rss), "output": str(output) if output.exists() else None,
@@ -378,7 +383,8 @@ def run_tool(args, sampler: Sampler, tool: str, key: str, options: list[str], ti
         f.write(text + "\n")
     status = "TIMED OUT" if timed_out else ("ok" if rc == 0 else f"FAILED (exit {rc})")
     gpu = f", GPU peak {res['gpu_peak_over_idle_mib']} MiB over idle {idle:.0f}" if res["gpu_peak_over_idle_mib"] is not None else ""
-    log(f"[{key} {tool}] {status}: {wall:.1f} s{gpu}, host tree RSS peak {res['host_tree_rss_peak_mib']} MiB")
+    log(f"[{key} {tool}] {status}: {wall:.1f} s (CPU {cpu_s:.0f} s){gpu}, "
+        f"host tree RSS peak {res['host_tree_rss_peak_mib']} MiB")
     if rc != 0 or not output.exists():
         log(f"[{key} {tool}] last lines of its output:\n    " + "\n    ".join(text.splitlines()[-25:]))
     return res
@@ -480,6 +486,8 @@ def cmd_run(args) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     args.runs_log = args.out / "gpu_runs_log.txt"
     args.runs_log.write_text("")
+    for stale in args.out.glob("seg_*.nii.gz"):  # outputs of an earlier call in the same folder
+        stale.unlink()
     results_path = args.out / "gpu_results.json"
 
     def log(msg=""):
@@ -539,9 +547,11 @@ def cmd_run(args) -> int:
              if (c.get("agreement") or {}).get("equal_fraction") is not None]
     ratios = [c["wall_ratio"] for c in results["cases"].values() if c.get("wall_ratio") is not None]
     results["goals"] = {
-        "agreement >= 99.99 % equal voxels": ("MET" if eq_ok and all(eq_ok) else "NOT MET")
+        "agreement >= 99.99 % equal voxels": ("MET" if len(eq_ok) == len(results["cases"]) and all(eq_ok)
+                                              else "NOT MET")
         + f" ({sum(eq_ok)}/{len(results['cases'])} option sets compared and >= 99.99 %)",
-        "wall <= 0.3 x official": ("MET" if ratios and all(r <= 0.3 for r in ratios) else "NOT MET")
+        "wall <= 0.3 x official": ("MET" if len(ratios) == len(results["cases"]) and all(r <= 0.3 for r in ratios)
+                                   else "NOT MET")
         + f" (ratios {', '.join(f'{r:.3f}' for r in ratios) or 'none'})",
     }
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")

@@ -64,7 +64,7 @@ main() {
     [ -d .whl/official ] && [ -d .whl/ours ] || { echo "no .whl/official or .whl/ours: run bash bench/gpu/prepare.sh (and carry .whl)"; return 1; }
     [ -f "$INPUT" ] || { echo "input $INPUT missing (carry .gpu_input)"; return 1; }
     if command -v nvidia-smi >/dev/null; then
-        nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv,noheader || true
+        timeout 30 nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv,noheader || true
     fi
     "$PY" -c 'import sys, torch; print("python", sys.version.split()[0], "| torch", torch.__version__, "| CUDA", torch.version.cuda, "| cuda available:", torch.cuda.is_available(), "| cuDNN", torch.backends.cudnn.version())' || return 1
     if [ "$MODE" = gpu ] && ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
