@@ -11,19 +11,29 @@ Two references, two rules:
 Why a tolerance for the stored oracle: a label is the argmax of the fp16-averaged logits, and at a near-tie
 voxel (two logits within an fp16 step) a different CPU's convolution kernels (oneDNN picks AVX2, AVX-512,
 AVX512-BF16 or AMX code paths, which sum in another order) round the other way, and the argmax flips. That is
-the official tool's own behaviour, not ours: the official 2.18.0 itself, run on an Intel Xeon, differs from this
-oracle at such voxels (one voxel of total_ml on a Xeon with AMX). Our engine uses the same torch kernels as the official tool, so on every machine measured our outputs
-equal the official output made on that machine with 0 differing voxels (the live test checks it).
+the official tool's own behaviour, not ours. Measured, official 2.18.0 run on another CPU against this oracle:
+
+- Intel Xeon with AVX512-BF16, no AMX (torch 2.14.1): total_ml, total_ml_bs, total_files: 1 voxel
+  (colon -> vertebrae_L1); total_ml_big: 3 voxels (3 label pairs, 1 voxel per label); every other core case: 0.
+- Intel Xeon with AMX (shared/README.md): total_ml 1 voxel, total_ml_big 3 voxels.
+
+On both machines our outputs equal the official output made on that machine with 0 differing voxels (our
+engine runs the same torch kernels as the official tool); tests/test_official_live.py checks it wherever the
+tests run.
 
 The tolerance is counted in voxels, per label, not as a share of the volume: a share lets a sparse output
 (a few small labels in a large volume) lose whole structures while still "agreeing" on 99.99 % of voxels.
-Here every label may differ in at most ``per_label`` voxels (either direction: voxels it gained or lost), and
-the image in at most ``total`` voxels in all; a flip from label a to label b counts once for a, once for b
-and once in the total. The bounds are a few times the largest difference measured across CPUs, and far
+Every label may differ in at most ``per_label`` voxels (either direction: voxels it gained or lost), and an
+image in at most ``total`` voxels in all; a flip from label a to label b counts once for a, once for b and once
+in the total. The largest measured difference is 1 voxel per label and 3 per image; the bounds (3 and 6) allow
+all measured flips to fall on one label, and twice the measured total, for CPUs not yet measured, and stay far
 below any real error (a wrong resampling, crop or orientation changes hundreds of voxels at least).
+A folder of per-class files is held file by file.
 
-Statistics (statistics.json) are compared within 1e-3 relative (and 1e-6 absolute): they are computed from
-the masks and the image in float64, and every measured case agrees exactly or far within it.
+Statistics (statistics.json) are compared within 1e-3 relative (and 1e-6 absolute): they are float64 sums
+over the masks and the image, and the masks of every statistics case were identical on every CPU measured.
+(A near-tie flip in a small structure would move its volume and mean by more than 1e-3: statistics of a case
+whose masks differ are then not comparable at this tolerance, and the rule says so by failing.)
 """
 from __future__ import annotations
 
@@ -44,7 +54,7 @@ class Tolerance:
 
 
 EXACT = Tolerance(per_label=0, total=0)
-STORED_ORACLE = Tolerance(per_label=4, total=8)
+STORED_ORACLE = Tolerance(per_label=3, total=6)
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

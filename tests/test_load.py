@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from totalseg.errors import InputError
-from totalseg.load.nifti import InputImage, load_nifti
+from totalseg.load.nifti import SHEAR_TOLERANCE, InputImage, load_nifti
 
 REF = Path("/work/shared/data/totalseg_reference")
 EXTRA = Path("/work/shared/data/extra_ct")
@@ -238,11 +238,34 @@ def test_rotated_orthonormal_accepted(tmp_path):
     assert np.allclose(inp.volume.affine, aff, atol=1e-6)
 
 
-def test_sheared_affine_rejected(tmp_path):
+def test_sheared_affine_accepted_with_one_warning(tmp_path):
+    """A sheared grid loads as it is (voxels and affine untouched) with one line saying what is assumed."""
     aff = AFFINE.copy()
     aff[0, 2] = 0.5  # z axis leans along x: gantry-tilt-like shear
-    msg = _error(_save(tmp_path, _ct(), affine=aff), "not orthogonal")
-    assert "sheared" in msg and "resample" in msg
+    path = _save(tmp_path, _ct(), affine=aff)
+    seen: list[str] = []
+    inp = load_nifti(path, warn=seen.append)
+    assert np.array_equal(inp.volume.data, _ct()) and np.allclose(inp.volume.affine, aff, atol=1e-6)
+    assert len(seen) == 1 and "\n" not in seen[0], seen
+    angle = np.degrees(np.arccos(0.5 / np.hypot(0.5, 3.0)))  # between the x and the leaning z axis
+    assert f"axes {angle:.1f} degrees apart" in seen[0] and "sheared" in seen[0]
+    assert "1.5 x 1.5 x 3.041 mm" in seen[0] and "RAS" in seen[0] and "affine" in seen[0]
+
+
+def test_near_orthogonal_affine_no_warning(tmp_path):
+    aff = AFFINE.copy()
+    aff[0, 2] = 3.0 * 0.5 * SHEAR_TOLERANCE  # float noise, well inside the tolerance
+    seen: list[str] = []
+    load_nifti(_save(tmp_path, _ct(), affine=aff), warn=seen.append)
+    assert seen == []
+
+
+def test_collapsed_axes_rejected(tmp_path):
+    """Two parallel axes (a singular affine) stay refused, as a shear of 90 degrees cannot be segmented."""
+    aff = AFFINE.copy()
+    aff[:3, 1] = aff[:3, 0]
+    path = _write_scaled(tmp_path / "c.nii.gz", _ct(), 1.0, 0.0, affine=aff, qform=False)
+    _error(path, "singular")
 
 
 @pytest.mark.parametrize("bad", ["zero", "nan", "inf"])

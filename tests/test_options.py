@@ -110,6 +110,35 @@ def test_fastest_statistics_match_official(use_home, tmp_path):
     assert_statistics_parity(tmp_path / "stats.json", EXTRA / "fastest_stats.json")
 
 
+def _sheared_ct(dst: Path) -> Path:
+    """The fast_sheared input, built as make_oracle_extra.sh builds it (tests/data/make_sheared_ct.py)."""
+    import importlib.util
+
+    script = Path(__file__).parent / "data" / "make_sheared_ct.py"
+    spec = importlib.util.spec_from_file_location("make_sheared_ct", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.write_sheared_ct(CT, dst)
+
+
+def test_sheared_input_matches_official(use_home, tmp_path, capsys):
+    """A sheared affine (axes 74.6-88 degrees apart, pixdim unlike the column lengths) is segmented as the
+    official does, with one warning; the output keeps the input's affine and header."""
+    src = _sheared_ct(tmp_path / "sheared.nii.gz")
+    out = tmp_path / "fast_sheared.nii.gz"
+    assert main(["-i", str(src), "-o", str(out), "--fast", "--ml", "-d", "cpu"]) == 0
+    _assert_same_image(out, EXTRA / out.name)
+    warnings = [line for line in capsys.readouterr().err.splitlines()
+                if line.startswith("WARNING:") and "field of view" not in line]  # the cut-off check's line
+    assert len(warnings) == 1 and "sheared grid (axes 74.6 degrees apart" in warnings[0], warnings
+    assert "3.027 x 3 x 3.008 mm" in warnings[0] and "LAS" in warnings[0]
+    ours, given = nib.load(out), nib.load(src)
+    assert np.array_equal(ours.affine, given.affine)
+    same = ("sform_code", "qform_code", "srow_x", "srow_y", "srow_z", "quatern_b", "quatern_c", "quatern_d",
+            "qoffset_x", "qoffset_y", "qoffset_z", "pixdim")
+    assert all(np.array_equal(ours.header[k], given.header[k]) for k in same)
+
+
 def _refused(args: list[str], tmp_path: Path, capsys, fragment: str) -> None:
     out = tmp_path / "out"
     assert main(["-i", str(CT), "-o", str(out), *args, "-d", "cpu"]) == 1

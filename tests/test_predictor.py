@@ -260,3 +260,26 @@ def test_fast_engine_end_to_end(use_home, tmp_path, monkeypatch, how):
     assert (ours == official).mean() >= 0.999
     assert list(use_home.glob("engine_cache/Dataset297_*/*/*.xml"))
     assert not list((use_home / "nnunet").rglob("*.xml"))
+
+
+@pytest.mark.parametrize("task_name", ["vertebrae_pp_refined", "heartchambers_highres"])
+def test_input_grid_steps_sized_by_the_header_pixdim(task_name, monkeypatch):
+    """The official sizes the vertebrae refinement and remove_outside by the input header's pixdim, all else by
+    the affine's column lengths (measured: vertebrae_pp_refined on example_ct_sm with pixdim 1 mm and a 3 mm
+    affine differs from pixdim 3 mm in 479 voxels, and ours equals the official's). Unusable pixdim (zero):
+    the column lengths."""
+    from totalseg import pipeline
+
+    seen: list = []
+    monkeypatch.setattr(pipeline.postprocess, "refine_vertebrae",
+                        lambda labels, bodies, classes, spacing: seen.append(tuple(spacing)) or labels)
+    monkeypatch.setattr(pipeline.postprocess, "remove_outside",
+                        lambda labels, mask, distance: seen.append(distance))
+    image = Volume(np.zeros((24, 24, 24), dtype=np.int16), np.diag([3.0, 3.0, 3.0, 1.0]))
+    plan = plan_run(get_task(task_name), Options())
+    for pixdim in [(1.0, 1.0, 1.0), None, (0.0, 0.0, 0.0)]:
+        segment(image, plan, Recorder(), header_zooms=pixdim)
+    if task_name == "vertebrae_pp_refined":
+        assert seen == [(1.0, 1.0, 1.0), (3.0, 3.0, 3.0), (3.0, 3.0, 3.0)]
+    else:
+        assert seen == [10.0, 10.0 / 3.0, 10.0 / 3.0]

@@ -9,6 +9,7 @@ from typing import Sequence
 
 from totalseg import config
 from totalseg.assemble.postprocess import body_masks, to_v1_order
+from totalseg.checks import cut_off_warning, image_warnings
 from totalseg.device import check_device
 from totalseg.errors import UserError
 from totalseg.notice import notice_printer
@@ -236,6 +237,13 @@ def _notices(say, crop_path, nr_thr_resamp) -> None:
             "for 3D images)")
 
 
+def _warn(say, lines: list[str]) -> list[str]:
+    """Say each warning of the input checks (one line, none with -q); returned for the run report."""
+    for line in lines:
+        say(f"WARNING: {line}")
+    return lines
+
+
 def _lowres_output(result, image):
     """``--save_lowres``: the model-resolution labels in the input's orientation, with their own header."""
     import nibabel as nib
@@ -357,11 +365,15 @@ def totalsegmentator(input, output=None, ml: bool = False, nr_thr_resamp: int = 
         image = load_dicom(input, warn=lambda m: say(f"WARNING: {m}"), series=series)
     else:
         image = load_nifti(input, warn=lambda m: say(f"WARNING: {m}"))
+    warned = _warn(say, image_warnings(image.volume, task_info.modality, task))  # they never change outputs
     say(f"Predicting {task}{' (fast)' if fast else ''}{' (fastest)' if fastest else ''}...")
     step = time.time()
     result, ran_on = _run_segment(image, plan, say, predictor, device, engine, quiet, debug, input, task,
-                                  blobs_mm3=blobs_mm3, one_hot=bool(higher_order_resampling_LEGACY))
+                                  blobs_mm3=blobs_mm3, one_hot=bool(higher_order_resampling_LEGACY),
+                                  header_zooms=image.header.get_zooms()[:3])
     tell(f"  predicted on {ran_on} in {time.time() - step:.2f}s")
+    cut_off = cut_off_warning(result.labels, result.class_map)  # said where it matters: the statistics
+    warned += _warn(say, cut_off) if statistics else cut_off
 
     stats = None
     if statistics:
@@ -416,7 +428,7 @@ def totalsegmentator(input, output=None, ml: bool = False, nr_thr_resamp: int = 
         manifest = build_run_report(
             input, report_output, task, task_info.modality, task_info.licensed, ran_on, fast, fastest, report_ml,
             types[0] if len(types) == 1 else types, roi_subset, result.class_map, time.time() - started,
-            save_lowres=bool(save_lowres), engine=engine or getattr(predictor, "engine", None))
+            save_lowres=bool(save_lowres), engine=engine or getattr(predictor, "engine", None), warnings=warned)
         path = write_report(manifest, report)
         say(f"Run report written to {path}")
     out_img = with_label_table(label_image(out_labels, affine, header), dict(out_classes))

@@ -109,12 +109,12 @@ def class_mask(labels: np.ndarray, source: Task, classes: Sequence[str] | None) 
     return np.isin(labels, ids)
 
 
-def _crop_box(image: Volume, plan: RunPlan, labeller: Labeller, progress: Progress):
+def _crop_box(image: Volume, plan: RunPlan, labeller: Labeller, progress: Progress, header_zooms):
     """The crop box of ``plan`` on ``image`` (None: nothing to crop to) and the remove_outside mask."""
     crop = plan.crop
     progress("  finding the region to crop to")
     if isinstance(crop.source, RunPlan):
-        organs = segment(image, crop.source, labeller, progress).labels
+        organs = segment(image, crop.source, labeller, progress, header_zooms=header_zooms).labels
     else:
         organs = predict(image, crop.source, labeller, progress).labels
     box = cropping.mask_box(class_mask(organs, crop.source_task, crop.classes), image.zooms, crop.addon)
@@ -122,15 +122,28 @@ def _crop_box(image: Volume, plan: RunPlan, labeller: Labeller, progress: Progre
     return box, keep
 
 
+def _usable_zooms(header_zooms, zooms: np.ndarray) -> np.ndarray:
+    """The header's pixdim, or the column lengths where those are missing, zero or negative (the official
+    tool would divide by them and fail)."""
+    if header_zooms is None:
+        return zooms
+    given = np.asarray(header_zooms)
+    return given if given.shape == (3,) and np.all(np.isfinite(given)) and np.all(given > 0) else zooms
+
+
 def segment(image: Volume, plan: RunPlan, labeller: Labeller, progress: Progress = _quiet,
-            blobs_mm3: float | None = None, one_hot: bool = False) -> Result:
+            blobs_mm3: float | None = None, one_hot: bool = False, header_zooms=None) -> Result:
     """Carry out ``plan`` on ``image``; labels come back on the image's own grid.
 
     ``blobs_mm3`` (``--remove_small_blobs``) and ``one_hot`` (``--higher_order_resampling_LEGACY``: the
-    reported classes upsampled one-hot, order 1) apply to the main step only, as in the official tool."""
+    reported classes upsampled one-hot, order 1) apply to the main step only, as in the official tool.
+    ``header_zooms``: the input header's pixdim (default: ``image.zooms``); the official tool sizes the
+    vertebrae refinement and remove_outside on the input grid with them, everything else with the affine's
+    column lengths -- the two differ when a header's pixdim disagree with its sform (e.g. a sheared one)."""
+    header_zooms = _usable_zooms(header_zooms, image.zooms)
     box, keep_mask = None, None
     if plan.crop is not None:
-        box, keep_mask = _crop_box(image, plan, labeller, progress)
+        box, keep_mask = _crop_box(image, plan, labeller, progress, header_zooms)
         if box is None:
             return Result(np.zeros(image.shape, dtype=np.uint8), plan.class_map)
     work = image if box is None else cropping.crop(image, box)
@@ -139,9 +152,9 @@ def segment(image: Volume, plan: RunPlan, labeller: Labeller, progress: Progress
     if plan.refine is not None:
         progress("  refining with the vertebral bodies")
         bodies = predict(image, plan.refine, labeller, progress).labels
-        labels = postprocess.refine_vertebrae(labels, bodies, plan.task.classes, image.zooms)
+        labels = postprocess.refine_vertebrae(labels, bodies, plan.task.classes, header_zooms)
     if plan.roi_subset:
         labels[~np.isin(labels, list(plan.class_map))] = 0
     if keep_mask is not None:
-        postprocess.remove_outside(labels, keep_mask, REMOVE_OUTSIDE_MM / float(np.mean(image.zooms)))
+        postprocess.remove_outside(labels, keep_mask, REMOVE_OUTSIDE_MM / float(np.mean(header_zooms)))
     return Result(labels.astype(np.uint8, copy=False), plan.class_map, pred if box is None else None)

@@ -21,6 +21,10 @@ json.dump(c, open(p, "w"), indent=4)
 PY
 export TOTALSEG_HOME_DIR="$HOME_COPY"
 mkdir -p "$OUT"
+# The sheared input (fast_sheared) is built from example_ct_sm, not stored: tests build it the same way.
+SHEARED="$(dirname "$HOME_COPY")/sheared_ct.nii.gz"
+python3 "$HERE/make_sheared_ct.py" "$REF/example_ct_sm.nii.gz" "$SHEARED"
+declare -A INPUTS=([fast_sheared]="$SHEARED")
 # Option cases (tests/test_options.py): the options after -i/-o, per case; the rest are task cases.
 declare -A OPTIONS=(
     [fast_rmb]="-o $OUT/fast_rmb.nii.gz --fast --ml -rmb -rp $OUT/fast_rmb_report.json"
@@ -32,6 +36,7 @@ declare -A OPTIONS=(
     [fastest_stats]="-o $OUT/fastest_stats.nii.gz --fastest --ml -s $OUT/fastest_stats.json"
     [fastest_ho_legacy]="-o $OUT/fastest_ho_legacy.nii.gz --fastest --ml --higher_order_resampling_LEGACY"
     [fastest_ho_legacy_roi]="-o $OUT/fastest_ho_legacy_roi.nii.gz --fastest --ml --higher_order_resampling_LEGACY -rs trachea vertebrae_T9 liver"
+    [fast_sheared]="-o $OUT/fast_sheared.nii.gz --fast --ml"
 )
 cases=("$@")
 [ ${#cases[@]} -gt 0 ] || cases=(pleural_pericard_effusion oculomotor_muscles tissue_types heartchambers_highres vertebrae_pp
@@ -41,7 +46,7 @@ for c in "${cases[@]}"; do
     if [ -n "${OPTIONS[$c]:-}" ]; then
         rm -rf "$OUT/$c"
         # shellcheck disable=SC2086
-        "$TS" -i "$REF/example_ct_sm.nii.gz" ${OPTIONS[$c]} -d cpu -q
+        "$TS" -i "${INPUTS[$c]:-$REF/example_ct_sm.nii.gz}" ${OPTIONS[$c]} -d cpu -q
     else
         "$TS" -i "$REF/example_ct_sm.nii.gz" -o "$OUT/$c.nii.gz" -ta "$c" --ml -d cpu -q
     fi

@@ -75,7 +75,8 @@ def modality(image, normalized: bool = False, model_path: str | os.PathLike | No
     from totalseg.api import totalsegmentator
 
     say("Running the fast total_mr model...")
-    seg = totalsegmentator(img, None, ml=True, fast=True, task="total_mr", quiet=quiet, device=device)
+    # quiet: the input checks of that inner total_mr run would call a CT "not an MR", which is the question here
+    seg = totalsegmentator(img, None, ml=True, fast=True, task="total_mr", quiet=True, device=device)
     from totalseg.registry import get_task
 
     class_map = dict(get_task("total_mr").classes)

@@ -18,7 +18,17 @@ def run(body: Callable[[], int], interrupted: str = "interrupted; nothing was wr
         print(f"ERROR: {interrupted}", file=sys.stderr)
     except MemoryError:
         print("ERROR: out of memory; try --fast, --body_seg or --force_split", file=sys.stderr)
+    except BrokenPipeError:  # the reader went away (`... --list-tasks | head`): stop quietly
+        _silence_stdout()
     return 1
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush does not fail again."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def progress(quiet: bool) -> Callable[[str], None]:

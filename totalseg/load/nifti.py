@@ -34,15 +34,16 @@ from typing import Callable, Union
 
 import nibabel as nib
 import numpy as np
+from nibabel.orientations import aff2axcodes, io_orientation
 
 from totalseg.errors import InputError
 from totalseg.volume import Volume
 
 __all__ = ["InputImage", "load_nifti"]
 
-# Largest |cos(angle)| between two axes of the voxel grid that still counts as orthogonal.  Float32 rounding in
-# headers written by ITK/dcm2niix gives ~1e-6 (ITK itself rejects those: "ITK only supports orthonormal direction
-# cosines"); a real shear is orders of magnitude larger.
+# Largest |cos(angle)| between two axes of the voxel grid that still counts as orthogonal (no warning).  Float32
+# rounding in headers written by ITK/dcm2niix gives ~1e-6; a real shear is orders of magnitude larger.  Sheared
+# grids are segmented as the official tool does (see _check_affine), with a warning.
 SHEAR_TOLERANCE = 1e-3
 _FINITE_CHUNK = 1 << 22  # elements per np.isfinite pass (a 4 MiB boolean temporary at most)
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -74,9 +75,9 @@ def load_nifti(source: Source, warn: Callable[[str], None] = _default_warn) -> I
     Raises :class:`~totalseg.errors.InputError` (a one-line message saying what is wrong and what to do) for a
     missing path, a directory, a non-NIfTI or unreadable/corrupt/truncated file, fewer than 3 or more than 4
     dimensions, an empty image, a non-numeric voxel type (RGB, complex, structured), NaN/infinite voxels, a
-    non-finite or singular affine, and a sheared (non-orthogonal) affine.  Near-orthonormal affines (float32
-    rounding noise) and rotated/oblique orthonormal ones are accepted.  See the module docstring for the dtype
-    of the returned data.
+    non-finite or singular affine.  Near-orthonormal affines (float32 rounding noise) and rotated/oblique ones
+    are accepted; a sheared (non-orthogonal) affine is accepted with a warning.  See the module docstring for
+    the dtype of the returned data.
     """
     if isinstance(source, nib.Nifti1Image):  # Nifti2Image is a subclass
         img, name, from_file = source, "Nifti1Image", False
@@ -182,7 +183,7 @@ def _validate_and_read(
             "(e.g. RGB or complex); convert it to a grayscale integer or float image first"
         )
 
-    affine = _check_affine(img, name)
+    affine = _check_affine(img, name, warn)
 
     first_only = ndim == 4
     if first_only and shape[3] > 1:
@@ -212,7 +213,7 @@ def _dtype_name(dtype: np.dtype) -> str:
     return str(dtype) if dtype.fields is None else f"structured {dtype.descr}"
 
 
-def _check_affine(img, name: str) -> np.ndarray:
+def _check_affine(img, name: str, warn: Callable[[str], None]) -> np.ndarray:
     raw = img.affine if img.affine is not None else img.header.get_best_affine()
     affine = np.array(raw, dtype=np.float64, copy=True)
     if affine.shape != (4, 4) or not np.all(np.isfinite(affine)) or not np.array_equal(affine[3], [0, 0, 0, 1]):
@@ -222,7 +223,8 @@ def _check_affine(img, name: str) -> np.ndarray:
         )
     cols = affine[:3, :3]
     norms = np.sqrt((cols**2).sum(axis=0))
-    if not np.all(norms > 0) or np.linalg.det(cols) == 0:
+    # io_orientation drops (NaN) an axis it cannot resolve; the canonical reorientation would then fail.
+    if not np.all(norms > 0) or np.linalg.det(cols) == 0 or np.isnan(io_orientation(affine)).any():
         raise InputError(
             f"input {name} has a singular affine (voxel sizes {np.round(norms, 6).tolist()} mm: zero voxel size "
             "or collapsed axes); fix the header's pixdim/sform/qform"
@@ -231,12 +233,23 @@ def _check_affine(img, name: str) -> np.ndarray:
     cosines = unit.T @ unit
     worst = max(abs(cosines[0, 1]), abs(cosines[0, 2]), abs(cosines[1, 2]))
     if worst > SHEAR_TOLERANCE:
-        angle = float(np.degrees(np.arccos(min(worst, 1.0))))
-        raise InputError(
-            f"input {name}: the image's direction cosines are not orthogonal (sheared grid, axes {angle:.2f} "
-            "degrees apart instead of 90); resample it onto an orthogonal grid first (e.g. with ITK/3D Slicer)"
-        )
+        warn(_shear_message(name, affine, norms, worst))
     return affine
+
+
+def _shear_message(name: str, affine: np.ndarray, norms: np.ndarray, worst_cosine: float) -> str:
+    """What a sheared grid is segmented as.  The official tool (2.18.0) rebuilds the image from its affine, so
+    resampling and the models' spacing use the affine's column lengths (not the header's pixdim), reorients to
+    the nearest RAS axes (nibabel's io_orientation) and leaves the shear in the affine: the voxels are never
+    resampled to remove it.  The pipeline does the same with Volume.zooms and prepare.orient."""
+    angle = float(np.degrees(np.arccos(min(worst_cosine, 1.0))))
+    sizes = " x ".join(f"{z:.4g}" for z in norms.astype(np.float32))  # as Volume.zooms
+    axes = "".join(aff2axcodes(affine))
+    return (
+        f"input {name} has a sheared grid (axes {angle:.1f} degrees apart instead of 90); segmented on its voxel "
+        f"grid as the official tool does: voxel sizes {sizes} mm (the affine's column lengths), nearest axis "
+        f"orientation {axes}; outputs keep the input's affine"
+    )
 
 
 def _read_data(img, dataobj, dtype: np.dtype, first_only: bool) -> tuple[np.ndarray, bool]:

@@ -28,3 +28,15 @@ def from_canonical(vol: Volume, original_affine: np.ndarray) -> Volume:
     if np.array_equal(ornt, _RAS):
         return vol
     return _reorient(vol, ornt)
+
+
+def ras_array(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``data`` with its axes reordered/flipped to RAS (nearest axes of ``affine``), and the voxel size (the
+    affine's column lengths) along those axes: for pictures and checks that need the patient's directions."""
+    ornt = io_orientation(affine)
+    out = np.ascontiguousarray(apply_orientation(data, ornt))
+    zooms = np.sqrt((np.asarray(affine, dtype=float)[:3, :3] ** 2).sum(axis=0))
+    spacing = np.empty(3)
+    for axis, (target, _) in enumerate(ornt):
+        spacing[int(target)] = zooms[axis]
+    return out, spacing

@@ -19,6 +19,7 @@ from typing import Mapping
 import numpy as np
 
 from totalseg.errors import UserError
+from totalseg.prepare.orient import ras_array
 from totalseg.write.atomic import write_atomic
 from totalseg.write.labelmap import _PALETTE  # the label table's colours, shared on purpose
 
@@ -52,19 +53,6 @@ def _vtk():
     common.vtkObject.GlobalWarningDisplayOff()
     return dict(numpy_to_vtk=numpy_to_vtk, vtk_to_numpy=vtk_to_numpy, core=core, general=general,
                 rendering=rendering, opengl=opengl, common=common, datamodel=datamodel, io_image=io_image)
-
-
-def _canonical(labels: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Labels reordered/flipped to RAS axes, and the voxel size along those axes."""
-    import nibabel as nib
-
-    ornt = nib.orientations.io_orientation(affine)
-    data = nib.orientations.apply_orientation(labels, ornt)
-    zooms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
-    spacing = np.empty(3)
-    for axis, (target, _) in enumerate(ornt):
-        spacing[int(target)] = zooms[axis]
-    return np.ascontiguousarray(data), spacing
 
 
 def _surface(v, labels: np.ndarray, spacing: np.ndarray, present: list[int]):
@@ -171,7 +159,7 @@ def render_preview(labels: np.ndarray, affine: np.ndarray, class_map: Mapping[in
     ``labels`` is a label image on the grid of ``affine`` (voxel → world, any orientation).
     """
     v = _vtk()
-    data, spacing = _canonical(np.asarray(labels), np.asarray(affine, dtype=float))
+    data, spacing = ras_array(np.asarray(labels), np.asarray(affine, dtype=float))
     # Very large label images are thinned out (nearest voxel): a picture ~1000 px wide gains nothing
     # from sub-millimetre surfaces, and the surface extraction time and memory grow with the voxels.
     step = int(np.ceil((data.size / MAX_VOXELS) ** (1 / 3))) if data.size > MAX_VOXELS else 1
