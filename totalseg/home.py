@@ -29,3 +29,8 @@ def weights_dir() -> Path:
 
 def config_path() -> Path:
     return home_dir() / "config.json"
+
+
+def custom_tasks_path() -> Path:
+    """``<home>/custom_tasks.json``: tasks a user registered (trained or fine-tuned models)."""
+    return home_dir() / "custom_tasks.json"

@@ -62,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     a("-r", "--radiomics", action="store_true", help="radiomics features per class")
     a("-rp", "--report", type=Path, metavar="filepath",
       help="write a JSON run report (versions, device, task, classes, runtime, output files) to this path")
+    a("-hr", "--html_report", type=Path, metavar="DIR",
+      help="also write an HTML report of the result to this folder (totalseg_report: viewer and statistics)")
     a("-sii", "--stats_include_incomplete", action="store_true",
       help="statistics also for masks touching the image border")
     a("-sa", "--stats_aggregation", choices=["mean", "median"], default="mean", help="intensity aggregation")
@@ -114,6 +116,8 @@ def _main(args: argparse.Namespace) -> int:
         _parser().error("the following arguments are required: -i, -o")
     if not args.input.exists():
         raise UserError(f"the input file or folder does not exist: {args.input}")
+    if args.html_report is not None and (args.skip_saving or args.save_lowres or args.output_type != ["nifti"]):
+        raise UserError("--html_report reads the NIfTI masks on the input's grid: not with -ss, -sl or DICOM output")
     from totalseg.api import totalsegmentator
 
     totalsegmentator(
@@ -133,6 +137,13 @@ def _main(args: argparse.Namespace) -> int:
         save_probabilities=args.save_probabilities, statistics_extra=args.statistics_extra,
         save_lowres=args.save_lowres, resampling_order=args.resampling_order, series_uid=args.series_uid,
         engine=args.engine)
+    if args.html_report is not None:
+        from totalseg.cli.common import progress
+        from totalseg.report.build import write_case_report
+
+        index = write_case_report(args.input.absolute(), args.output.absolute(), args.html_report.absolute(),
+                                  notice=progress(args.quiet))
+        progress(args.quiet)(f"HTML report written: {index}")
     return 0
 
 

@@ -117,19 +117,45 @@ def _tables() -> tuple[dict, dict]:
     return _read("tasks.json"), _read("class_maps.json")
 
 
-def class_map(key: str) -> dict[int, str]:
-    """A class map of class_maps.json as {label id: class name}."""
+def class_map(key: str | dict) -> dict[int, str]:
+    """A class map of class_maps.json as {label id: class name} (a custom task's map is inline)."""
+    if isinstance(key, dict):
+        return {int(k): v for k, v in key.items()}
     maps = _tables()[1]
     return {int(k): v for k, v in maps[key].items()}
 
 
+def is_builtin(task: str | None = None, model_id: int | None = None) -> bool:
+    """Whether a task name or a dataset id belongs to the package's registry (not to custom_tasks.json)."""
+    tables = _tables()[0]
+    return (task is not None and task in tables["tasks"]) or (model_id is not None and str(model_id) in
+                                                              tables["models"])
+
+
+def _custom() -> dict:
+    """The tasks of ``<home>/custom_tasks.json`` (re-read when the file changes)."""
+    from totalseg import home
+    from totalseg.registry.custom import read_custom
+
+    tasks = _tables()[0]
+    return read_custom(home.custom_tasks_path(), tasks["tasks"], tasks["models"])
+
+
 def task_names() -> list[str]:
-    return list(_tables()[0]["tasks"])
+    return list(_tables()[0]["tasks"]) + list(_custom()["tasks"])
 
 
-@lru_cache(maxsize=None)
 def get_model(model_id: int) -> Model:
-    entry = _tables()[0]["models"][str(model_id)]
+    models = _tables()[0]["models"]
+    if str(model_id) in models:
+        return _get_model(int(model_id), models[str(model_id)])
+    custom = _custom()["models"].get(str(model_id))
+    if custom is None:
+        raise KeyError(model_id)
+    return _get_model(int(model_id), custom)
+
+
+def _get_model(model_id: int, entry: dict) -> Model:
     return Model(
         id=int(model_id),
         folder=entry["folder"],
@@ -142,12 +168,22 @@ def get_model(model_id: int) -> Model:
     )
 
 
-@lru_cache(maxsize=None)
 def get_task(name: str) -> Task:
-    tasks = _tables()[0]["tasks"]
-    if name not in tasks:
+    """A built-in task, or one registered in ``<home>/custom_tasks.json``."""
+    if name in _tables()[0]["tasks"]:
+        return _builtin_task(name)
+    custom = _custom()["tasks"]
+    if name not in custom:
         raise UserError(f"unknown task '{name}'; `TotalSegmentator --list-tasks` lists the tasks.")
-    t = tasks[name]
+    return _make_task(name, custom[name])
+
+
+@lru_cache(maxsize=None)
+def _builtin_task(name: str) -> Task:
+    return _make_task(name, _tables()[0]["tasks"][name])
+
+
+def _make_task(name: str, t: dict) -> Task:
     modes = {
         k: Mode(models=tuple(int(i) for i in m["models"]),
                 resample=None if m.get("resample") is None else tuple(float(x) for x in m["resample"]))

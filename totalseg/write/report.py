@@ -2,7 +2,8 @@
 
 The keys and their order are the official ones. ``totalsegmentator_version`` is the official version this
 package reproduces; ``nnunetv2_version`` is null (no nnU-Net code runs here: the networks run on totalseg's
-own engine); two keys follow the official ones: ``totalseg_version`` and ``engine`` (exact or fast).
+own engine); three keys follow the official ones: ``totalseg_version``, ``engine`` (exact or fast) and
+``warnings`` (the lines of the input checks, :mod:`totalseg.checks`).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def device_name(device: str) -> str:
 def build_run_report(input, output, task: str, modality: str, license_required: bool, device: str,
                      fast: bool, fastest: bool, ml: bool, output_type, roi_subset: Sequence[str] | None,
                      classes: Mapping[int, str], runtime_seconds: float, save_lowres: bool = False,
-                     engine: str | None = None) -> dict:
+                     engine: str | None = None, warnings: Sequence[str] = ()) -> dict:
     """The manifest of a finished run (no side effects). ``classes``: the task's classes, roi-filtered."""
     import torch
 
@@ -52,6 +53,7 @@ def build_run_report(input, output, task: str, modality: str, license_required: 
         "output_files": output_files,
         "totalseg_version": __version__,
         "engine": engine,
+        "warnings": list(warnings),
     }
 
 

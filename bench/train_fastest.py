@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""Train the official 6 mm (``--fastest``) architecture on the real reference scans, on the CPU.
+
+    python3 bench/train_fastest.py --work DIR [--epochs 50] [--iterations 6] [--plans_from PLANS.json]
+        [--device cpu] [--dry-run]
+
+The four steps a user types, as functions: the reference CTs with the official models' masks
+(``shared/data/totalseg_reference``: example_ct with example_seg_fast_force_split, example_ct_sm with
+example_seg) become a TotalSegmentator-layout dataset, then an nnU-Net dataset (``total`` labels, id 998);
+nnU-Net trains the 6 mm network (PlainConvUNet, 5 stages 32-64-128-256-320, patch 80³ at 6 mm: the official
+Dataset298 architecture, written by bench/make_random_weights.py's ``official_configuration`` unless
+``--plans_from`` gives the real plans.json); the result is imported into ``DIR/home`` as task
+``total_fastest_bench``; ``TotalSegmentator -ta total_fastest_bench`` segments both scans and
+``totalseg_evaluate`` scores them against the official masks. Results: DIR/results.json and DIR/eval/.
+
+The scans are also the training data: this is a fit-to-data testbed (a network with realistic logit
+margins for the fast engine's agreement checks), not a generalisation benchmark. ``--dry-run`` trains
+one epoch of two iterations to check the whole path: 6.5 min on 2 shared cores (load ~8) on 2026-11-29:
+preparation 119 s, training 155 s (an epoch of 2 + 1 validation iterations: 95 s), Dice 0.001 / NSD 0.005
+over the 62 classes present (untrained, as expected). The default run (300 iterations) is not recorded
+here: on that machine it would take hours; on an unloaded CPU or a GPU (``--device cuda``) far less.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+REFERENCE = ROOT.parent / "shared" / "data" / "totalseg_reference"
+TEMPLATE = ROOT.parent / "shared" / "data" / "fake_weights_tiny" / "nnunet" / "results" / \
+    "Dataset298_TotalSegmentator_total_6mm_1559subj" / "nnUNetTrainer_4000epochs_NoMirroring__nnUNetPlans__3d_fullres"
+CASES = {"ct_full": ("example_ct.nii.gz", "example_seg_fast_force_split.nii.gz"),
+         "ct_sm": ("example_ct_sm.nii.gz", "example_seg.nii.gz")}
+DATASET_ID, TASK = 998, "total_fastest_bench"
+
+
+def make_dataset(out: Path, classes: dict[int, str]) -> None:
+    """The reference scans in the TotalSegmentator layout: one binary mask per class from each multilabel."""
+    for case, (image, seg) in CASES.items():
+        (out / case / "segmentations").mkdir(parents=True, exist_ok=True)
+        img = nib.load(REFERENCE / image)
+        nib.save(img, out / case / "ct.nii.gz")
+        labels = np.asanyarray(nib.load(REFERENCE / seg).dataobj)
+        for k, name in classes.items():
+            mask = nib.Nifti1Image((labels == k).astype(np.uint8), img.affine)
+            nib.save(mask, out / case / "segmentations" / f"{name}.nii.gz")
+    # Both train; nnU-Net's validation case is then one of them (the testbed memorises these two scans).
+    (out / "meta.csv").write_text("image_id;split\n" + "".join(f"{c};train\n" for c in CASES))
+
+
+def official_plans(out: Path, plans_from: Path | None) -> Path:
+    """The 6 mm plans: the given official plans.json, else the template's with the official architecture."""
+    if plans_from is not None:
+        return plans_from
+    sys.path.insert(0, str(ROOT / "bench"))
+    from make_random_weights import ARCHITECTURES, official_configuration
+
+    plans = json.loads((TEMPLATE / "plans.json").read_text())
+    n_stages, patch = ARCHITECTURES[298]
+    conf = plans["configurations"]["3d_fullres"]
+    plans["configurations"]["3d_fullres"] = official_configuration(conf, n_stages, patch)
+    path = out / "official_6mm_plans.json"
+    path.write_text(json.dumps(plans, indent=1))
+    return path
+
+
+def _cli(module: str, *args, env: dict) -> None:
+    r = subprocess.run([sys.executable, "-m", module, *map(str, args)], env=env, cwd=ROOT)
+    if r.returncode:
+        sys.exit(f"{module} failed (exit {r.returncode})")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work", type=Path, required=True, help="work folder (dataset, nnU-Net folders, home, eval)")
+    ap.add_argument("--epochs", type=int, default=50)
+    ap.add_argument("--iterations", type=int, default=6, help="iterations per epoch")
+    ap.add_argument("--batch_size", type=int, default=2)
+    ap.add_argument("--plans_from", type=Path, default=None, help="the official Dataset298 plans.json")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"])
+    ap.add_argument("--dry-run", action="store_true", help="one epoch of two iterations")
+    args = ap.parse_args()
+    if args.dry_run:
+        args.epochs, args.iterations = 1, 2
+    import os
+
+    from totalseg.registry import get_model
+    from totalseg.train import convert_dataset, import_result, plan_and_preprocess, train
+
+    work = args.work.resolve()
+    os.environ["TOTALSEG_HOME_DIR"] = str(work / "home")  # also for the CLI children below
+    env = dict(os.environ)
+    classes = get_model(298).classes
+    t0 = time.time()
+    make_dataset(work / "dataset", classes)
+    convert_dataset(work / "dataset", work / "nnUNet_raw", DATASET_ID, "TotalFastestBench", classes,
+                    meta=work / "dataset" / "meta.csv", say=print)
+    plan_and_preprocess(work, DATASET_ID, plans_from=official_plans(work, args.plans_from),
+                        batch_size=args.batch_size, processes=2, say=print, quiet=True)
+    t1 = time.time()
+    result = train(work, DATASET_ID, trainer="nnUNetTrainerShortNoMirroring", device=args.device,
+                   epochs=args.epochs, iterations=args.iterations, workers=1, say=print, quiet=False)
+    t2 = time.time()
+    import_result(result, TASK, say=print)
+    pred = work / "pred"
+    for case in CASES:
+        _cli("totalseg.cli.totalsegmentator", "-ta", TASK, "-i", work / "dataset" / case / "ct.nii.gz",
+             "-o", pred / case, "-q", env=env)
+    _cli("totalseg.cli.evaluate", "-p", pred, "-g", work / "dataset", "-o", work / "eval", "-ta", TASK, "-q",
+         env=env)
+    summary = (work / "eval" / "summary.csv").read_text().splitlines()
+    overall = dict(zip(summary[0].split(","), summary[-1].split(",")))
+    results = {"epochs": args.epochs, "iterations_per_epoch": args.iterations, "device": args.device,
+               "prepare_s": round(t1 - t0, 1), "train_s": round(t2 - t1, 1),
+               "dice_mean_of_classes": float(overall["dice_mean"]), "nsd_mean_of_classes": float(overall["nsd_mean"]),
+               "classes_scored": int(overall["cases"])}
+    (work / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    print(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

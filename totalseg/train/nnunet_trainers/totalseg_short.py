@@ -1,0 +1,29 @@
+"""Short nnU-Net training runs: the stock trainer with fewer epochs and iterations.
+
+The lengths come from the environment (set by ``totalseg_train --epochs/--iterations``) because nnU-Net
+builds the trainer itself from its class name.
+"""
+import os
+
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+
+class nnUNetTrainerShort(nnUNetTrainer):
+    """nnUNetTrainer with ``TOTALSEG_EPOCHS`` epochs of ``TOTALSEG_ITERATIONS`` iterations (tests, dry runs)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = int(os.environ.get("TOTALSEG_EPOCHS", "2"))
+        self.num_iterations_per_epoch = int(os.environ.get("TOTALSEG_ITERATIONS", "5"))
+        self.num_val_iterations_per_epoch = max(1, self.num_iterations_per_epoch // 5)
+
+
+class nnUNetTrainerShortNoMirroring(nnUNetTrainerShort):
+    """The short trainer without mirroring augmentation, like the official NoMirroring models."""
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        rot, dummy_2d, patch, _ = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        self.inference_allowed_mirroring_axes = None
+        return rot, dummy_2d, patch, None
