@@ -125,12 +125,17 @@ CLI_CASES = {
 def test_command_warns_and_runs_to_the_end(case, use_home, tmp_path, capsys):
     make, task, words = CLI_CASES[case]
     report = tmp_path / "report.json"
-    _run(make(tmp_path), tmp_path / "seg.nii.gz", task, "-rp", str(report))
+    stats = ["-s"] if case == "as_is" else []  # the cut-off line is printed only with statistics
+    _run(make(tmp_path), tmp_path / "seg.nii.gz", task, "-rp", str(report), *stats)
     printed = [line[len("WARNING: "):] for line in capsys.readouterr().err.splitlines()
                if line.startswith("WARNING: ")]
-    image = [line for line in printed if "field of view" not in line]  # the cut-off line comes on any case
+    image = [line for line in printed if "field of view" not in line]
     assert image == [] if words is None else len(image) == 1 and words in image[0], printed
-    assert json.loads(report.read_text())["warnings"] == printed  # the report lists what was said
+    cut_off = [line for line in printed if "field of view" in line]
+    assert len(cut_off) == (1 if stats else 0), printed
+    reported = json.loads(report.read_text())["warnings"]
+    assert [w for w in reported if "field of view" not in w] == image  # the report lists what was said...
+    assert len([w for w in reported if "field of view" in w]) == 1  # ...and the cut-off line, printed or not
 
 
 def test_checks_never_change_outputs_and_quiet_silences_them(use_home, tmp_path, capsys, monkeypatch):
