@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import REF
-from totalseg.cli.totalsegmentator import _parser, main
+from totalseg.cli.totalsegmentator import main, parser
 from totalseg.errors import UserError
 from totalseg.write.labelmap import load_multilabel_nifti
 
@@ -256,18 +256,18 @@ OFFICIAL_FLAGS = [
 
 @pytest.mark.parametrize("flag, dest", OFFICIAL_FLAGS, ids=[" ".join(f) for f, _ in OFFICIAL_FLAGS])
 def test_parser_accepts_every_official_flag(flag, dest):
-    args = _parser().parse_args(["-i", "ct.nii.gz", "-o", "out", *flag])
-    default = _parser().parse_args(["-i", "ct.nii.gz", "-o", "out"])
+    args = parser().parse_args(["-i", "ct.nii.gz", "-o", "out", *flag])
+    default = parser().parse_args(["-i", "ct.nii.gz", "-o", "out"])
     assert getattr(args, dest) != getattr(default, dest) or flag[-1] in ("big", "mean", "cpu", "nifti")
 
 
 def test_parser_values_as_official():
-    args = _parser().parse_args(["-i", "a", "-o", "b", "-rmb"])
+    args = parser().parse_args(["-i", "a", "-o", "b", "-rmb"])
     assert args.remove_small_blobs == 200.0
-    assert _parser().parse_args(["-i", "a", "-o", "b"]).remove_small_blobs is False
+    assert parser().parse_args(["-i", "a", "-o", "b"]).remove_small_blobs is False
     for bad in (["--test", "2"], ["-rmb", "-1"], ["-ms", "medium"], ["-ro", "6"]):
         with pytest.raises(SystemExit):
-            _parser().parse_args(["-i", "a", "-o", "b", *bad])
+            parser().parse_args(["-i", "a", "-o", "b", *bad])
 
 
 def test_version_flag(capsys):

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from totalseg.cli.common import run
-from totalseg.cli.totalsegmentator import _parser as single_case_parser
+from totalseg.cli.totalsegmentator import parser as single_case_parser
 from totalseg.errors import UserError
 
 # Options of TotalSegmentator that name one case's files or print listings: hidden here, refused if given.

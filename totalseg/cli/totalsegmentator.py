@@ -24,7 +24,8 @@ def _positive_float(value: str) -> float:
     return number
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
+    """The official command line, flag for flag (totalseg_batch takes its per-case options from it)."""
     p = argparse.ArgumentParser(
         prog="TotalSegmentator",
         description="Segment 117 classes in CT images and 50 in MR images (totalseg, official weights).")
@@ -97,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parser().parse_args(argv)
     return run(lambda: _main(args))
 
 
@@ -113,7 +114,7 @@ def _main(args: argparse.Namespace) -> int:
             print(format_class_list(args.list_classes))
         return 0
     if args.input is None or args.output is None:
-        _parser().error("the following arguments are required: -i, -o")
+        parser().error("the following arguments are required: -i, -o")
     if not args.input.exists():
         raise UserError(f"the input file or folder does not exist: {args.input}")
     if args.html_report is not None and (args.skip_saving or args.save_lowres or args.output_type != ["nifti"]):
