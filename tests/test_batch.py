@@ -333,3 +333,15 @@ def test_ray_cluster_gives_the_same_cohort_and_survives_a_dead_worker(cohort, en
 
 def _without_seconds(rows: dict[str, dict]) -> dict[str, dict]:
     return {k: {c: v for c, v in r.items() if c != "seconds"} for k, r in rows.items()}
+
+
+def test_html_report_at_the_end_shows_every_case(cohort, env, local_run, tmp_path):
+    """`-hr DIR`: the rerun (all cases finished or failed before: nothing runs) ends with the cohort's gallery."""
+    out, _ = local_run
+    proc = _batch(["-i", cohort, "-o", out, *OPTIONS, "-hr", tmp_path / "gallery"], env)
+    assert proc.returncode == 1 and "Cohort report written to" in proc.stderr, proc.stderr
+    page = (tmp_path / "gallery" / "index.html").read_text()
+    text = page + "".join(p.read_text(errors="ignore") for p in (tmp_path / "gallery").rglob("*.js")
+                          if "niivue" not in p.name)
+    for cid in GOOD + list(BAD):
+        assert cid in text, cid

@@ -14,7 +14,7 @@ from totalseg.cli.totalsegmentator import parser as single_case_parser
 from totalseg.errors import UserError
 
 # Options of TotalSegmentator that name one case's files or print listings: hidden here, refused if given.
-_HIDDEN = {"report", "html_report", "series_uid", "verbose", "debug", "list_tasks", "list_classes"}
+_HIDDEN = {"report", "series_uid", "verbose", "debug", "list_tasks", "list_classes"}
 # Options passed to each case as they are (totalsegmentator's keyword = the option's dest).
 _PASSED = ("ml", "fast", "fastest", "preview", "nr_thr_resamp", "nr_thr_saving", "nora_tag", "crop_path", "test",
            "model_size", "task", "roi_subset", "roi_subset_robust", "statistics", "radiomics", "body_seg",
@@ -24,7 +24,7 @@ _PASSED = ("ml", "fast", "fastest", "preview", "nr_thr_resamp", "nr_thr_saving",
            "resampling_order")
 # This command's own options (and those it reads itself).
 _OWN = {"help", "version", "inputs", "output", "retry_failed", "in_flight", "ray", "ray_cpus_per_worker",
-        "ray_workers", "quiet", "device", "engine", "stats_include_incomplete"}
+        "ray_workers", "quiet", "device", "engine", "stats_include_incomplete", "html_report"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
            "machine, or a new local one)")
     a("--ray-cpus-per-worker", type=int, metavar="N", help="CPUs per Ray worker without GPUs (default 4)")
     a("--ray-workers", type=int, metavar="N", help="Ray workers (default: one per GPU, else CPUs / N)")
+    a("-hr", "--html_report", type=Path, default=None, metavar="DIR",
+      help="at the end, write the cohort's gallery report (as totalseg_report -b OUT_DIR -o DIR)")
     a("-q", "--quiet", action="store_true", help="no progress bar; only errors and the failure summary")
     return p
 
@@ -88,6 +90,12 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         args.inputs, args.output, retry_failed=args.retry_failed, quiet=args.quiet, device=args.device,
         engine=args.engine, in_flight=args.in_flight, ray=args.ray, ray_cpus_per_worker=args.ray_cpus_per_worker,
         ray_workers=args.ray_workers, **_case_options(args))
+    if args.html_report is not None:  # failed cases too: the gallery shows them with their messages
+        from totalseg.notice import notice_printer
+        from totalseg.report.build import write_cohort_report
+
+        say = notice_printer(args.quiet)
+        say(f"Cohort report written to {write_cohort_report(args.output, args.html_report.absolute(), notice=say)}")
     failed = result.failed
     if failed:
         names = ", ".join(r.case_id for r in failed[:3]) + (", ..." if len(failed) > 3 else "")
