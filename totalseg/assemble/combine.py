@@ -39,11 +39,21 @@ GROUPS: dict[str, tuple[tuple[str, ...], ...]] = {
 }
 
 
-def group_classes(group: str, available: Sequence[str]) -> tuple[str, ...]:
-    """The class names that make up ``group``, given the names ``available`` in the input.
+def group_classes(group: str | Sequence[str], available: Sequence[str]) -> tuple[str, ...]:
+    """The class names that make up ``group`` (a group name, or a list of class names), given the names
+    ``available`` in the input.
 
-    Raises :class:`UserError` for an unknown group or when classes of the group are missing.
+    Raises :class:`UserError` for an unknown group or an empty list, :class:`InputError` when classes are
+    missing.
     """
+    if not isinstance(group, str):
+        names = tuple(str(name) for name in group)
+        if not names:
+            raise UserError("combine_masks: the list of classes is empty")
+        missing = [n for n in names if n not in set(available)]
+        if missing:
+            raise InputError(f"the input lacks the classes {', '.join(missing)}")
+        return names
     if group not in GROUPS:
         raise UserError(f"unknown mask group '{group}'; choose one of {', '.join(GROUPS)}")
     have = set(available)
@@ -57,14 +67,15 @@ def group_classes(group: str, available: Sequence[str]) -> tuple[str, ...]:
                      "(e.g. total, or body for 'body')")
 
 
-def combine_label_image(labels: np.ndarray, label_map: Mapping[int, str], group: str) -> np.ndarray:
+def combine_label_image(labels: np.ndarray, label_map: Mapping[int, str],
+                        group: str | Sequence[str]) -> np.ndarray:
     """uint8 mask (0/1): voxels of ``labels`` whose class belongs to ``group``."""
     names = group_classes(group, list(label_map.values()))
     ids = [int(k) for k, v in label_map.items() if v in names]
     return np.isin(labels, ids).astype(np.uint8)
 
 
-def _folder_masks(folder: Path, group: str) -> tuple[tuple[str, ...], dict[str, Path]]:
+def _folder_masks(folder: Path, group: str | Sequence[str]) -> tuple[tuple[str, ...], dict[str, Path]]:
     files = {}
     for path in folder.iterdir():
         for suffix in (".nii.gz", ".nii"):
@@ -73,8 +84,9 @@ def _folder_masks(folder: Path, group: str) -> tuple[tuple[str, ...], dict[str, 
     return group_classes(group, list(files)), files
 
 
-def combine_masks(source: str | os.PathLike, group: str) -> nib.Nifti1Image:
-    """Binary uint8 image of the union of ``group``'s classes.
+def combine_masks(source: str | os.PathLike, group: str | Sequence[str]) -> nib.Nifti1Image:
+    """Binary uint8 image of the union of ``group``'s classes (a group of :data:`GROUPS` or a list of
+    class names).
 
     ``source`` is a folder of per-class masks (``<class>.nii.gz``; a voxel counts when > 0.5) or a
     multilabel NIfTI carrying the label table. The result has the geometry (affine and header) of
