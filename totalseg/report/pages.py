@@ -37,13 +37,7 @@ def case_page(meta: dict, assets: str, scripts: Sequence[str]) -> str:
     back = meta.get("back")
     back_link = f'<a href="{html.escape(back)}">&larr; cohort</a>' if back else ""
     data_scripts = "\n".join(f'<script src="{html.escape(s)}"></script>' for s in scripts)
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title} · totalseg report</title>
-<link rel="stylesheet" href="{assets}/report.css">
-</head><body>
-<header>{back_link}<h1>{title}</h1><span class="sub">{html.escape(meta.get("subtitle", ""))}</span>
+    return _head(title, assets) + f"""<header>{back_link}<h1>{title}</h1><span class="sub">{html.escape(meta.get("subtitle", ""))}</span>
 <span class="flags-line">{_flags_html(meta.get("flags", []))}</span></header>
 <div id="viewer">
  <aside id="side">
@@ -77,16 +71,21 @@ def case_page(meta: dict, assets: str, scripts: Sequence[str]) -> str:
 """
 
 
-def gallery_page(cohort: dict, assets: str) -> str:
-    """The gallery page of a cohort (``cohort``: ``{"title", "cases": [...], "kinds": {...}}``)."""
-    title = html.escape(cohort.get("title") or "cohort")
+def _head(title: str, assets: str) -> str:
+    """The start of every page: ``title`` already escaped, the shared style sheet under ``assets``."""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title} · totalseg report</title>
 <link rel="stylesheet" href="{assets}/report.css">
 </head><body>
-<header><h1>{title}</h1><span class="sub">{html.escape(cohort.get("subtitle", ""))}</span></header>
+"""
+
+
+def gallery_page(cohort: dict, assets: str) -> str:
+    """The gallery page of a cohort (``cohort``: ``{"title", "cases": [...], "kinds": {...}}``)."""
+    title = html.escape(cohort.get("title") or "cohort")
+    return _head(title, assets) + f"""<header><h1>{title}</h1><span class="sub">{html.escape(cohort.get("subtitle", ""))}</span></header>
 <div id="controls">
  <span id="filters"></span>
  <label>sort <select id="sort">
