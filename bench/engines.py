@@ -2,7 +2,7 @@
 """The official tool, our exact engine and our fast engine on one input, in one run.
 
     python3 bench/engines.py --home HOME --input IMG [--out DIR] [--repeat N] [--no-official] \
-        -- <TotalSegmentator options, e.g. --fast --ml>
+        [--warmup-input SMALL_IMG] -- <TotalSegmentator options, e.g. --fast --ml>
 
 Each tool gets its own copy of HOME (made before any clock starts) that it keeps across its runs, and one
 untimed warm-up run first: our per-machine answers (kernel checks, the fast engine's converted models) are
@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--input", "-i", required=True, type=Path)
     ap.add_argument("--out", type=Path)
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--warmup-input", type=Path, default=None,
+                    help="image for the untimed warm-up runs (default: --input); a small one with the same "
+                         "options makes the same per-machine answers in far less time")
     ap.add_argument("--no-official", action="store_true", help="only our two engines")
     ap.add_argument("--official", default=compare.DEFAULT_OFFICIAL)
     args = ap.parse_args(argv)
@@ -81,8 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     homes = {t: compare.copy_home(args.home, out / "homes" / t) for t in tools}
     runs: dict[str, list[dict]] = {t: [] for t in tools}
     warmup = {}
+    warmup_args = argparse.Namespace(**{**vars(args), "input": args.warmup_input or args.input})
     for tool in tools:
-        m = _run(tool, _command(tool, args.official), homes[tool], args, options, out / tool / "warmup")
+        m = _run(tool, _command(tool, args.official), homes[tool], warmup_args, options, out / tool / "warmup")
         if m.get("rc") != 0:
             return 1
         warmup[tool] = m["wall_s"]
@@ -104,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
                 compare.compare_images(first["official"], first["exact"], True))
     _print(summary, agreement)
     (out / "results.json").write_text(json.dumps(
-        {"input": str(args.input), "options": options, "warmup_wall_s": warmup, "summary": summary,
+        {"input": str(args.input), "warmup_input": str(warmup_args.input), "options": options,
+         "warmup_wall_s": warmup, "summary": summary,
          "agreement": agreement, "runs": runs}, indent=1, default=str))
     return 0
 

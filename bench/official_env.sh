@@ -88,9 +88,13 @@ while todo:
         if n not in torch_needs:
             torch_needs.add(n)
             todo.append(n)
+# nvidia-* wheels that the base interpreter's site-packages hold (left there by a CUDA torch that was
+# replaced by the CPU build) are never loaded by a CPU torch: only those installed into the venv count.
+def in_venv(d):
+    return str(d.locate_file("")).startswith(sys.prefix)
 bad = sorted({n for d in distributions() if (n := d.metadata["Name"])
               and (norm(n).startswith(("cupy", "cucim"))
-                   or (norm(n).startswith("nvidia-") and norm(n) not in torch_needs))})
+                   or (norm(n).startswith("nvidia-") and norm(n) not in torch_needs and in_venv(d)))})
 if bad:
     print("official_env.sh: unwanted GPU packages in the venv:", ", ".join(bad), file=sys.stderr)
     sys.exit(1)
