@@ -202,3 +202,26 @@ def test_light_import_and_no_telemetry(tmp_path):
 def test_precision_choice(monkeypatch, flags, native, default):
     monkeypatch.setattr(fast_engine, "_cpu_flags", lambda: flags)
     assert fast_engine.native_bf16() is native and fast_engine.default_precision() == default
+
+
+def test_segmentation_layer_runs_in_slabs(model, ct_tiles, tmp_path):
+    """OpenVINO computes the feature map; the sliding window applies the 1x1x1 segmentation layer slab by
+    slab (as the exact engine does), so a tile's classes x patch output is never held whole, and the
+    weighted slabs are the whole output's, weighted."""
+    from totalseg.predict.lean_unet import SEG_SLAB
+    from totalseg.predict.sliding_window import gaussian_weights, weighted_outputs
+
+    patch = model.plans.patch_size
+    fast = fast_engine.FastNetwork(model.networks[0], patch, 1, tmp_path, precision="f32")
+    assert fast.head is not None and "_trunk-" in fast.ir_path.name
+    assert fast.features(ct_tiles[:1]).shape[1] == fast.head.in_channels
+    volume = torch.cat([ct_tiles[0], ct_tiles[1]], dim=1)  # (1, 2 * depth, y, x): two tiles along z
+    tiles = [(slice(0, patch[0]), slice(0, patch[1]), slice(0, patch[2])),
+             (slice(patch[0], 2 * patch[0]), slice(0, patch[1]), slice(0, patch[2]))]
+    weight = torch.from_numpy(gaussian_weights(tuple(patch)).copy())
+    slabs = list(weighted_outputs(fast, volume, tiles, weight))
+    assert [(i, z.start) for i, z, _ in slabs] == [(i, z) for i in (0, 1) for z in range(0, patch[0], SEG_SLAB)]
+    for i in (0, 1):
+        whole = _run(fast, ct_tiles[i:i + 1])[0] * weight
+        got = torch.cat([out for j, _, out in slabs if j == i], dim=1)
+        assert torch.allclose(got, whole, atol=1e-5, rtol=1e-5)

@@ -124,10 +124,42 @@ def network_hash(net) -> str:
     return h.hexdigest()
 
 
-def ir_name(version: str, patch, in_channels: int, digest: str) -> str:
-    """File name (.xml) of a cached IR: OpenVINO release, patch, input channels, network hash."""
+def ir_name(version: str, patch, in_channels: int, digest: str, part: str = "net") -> str:
+    """File name (.xml) of a cached IR: OpenVINO release, patch, input channels, which part of the network
+    ("net": all of it; "trunk": all but the segmentation layer), network hash."""
     release = re.sub(r"[^0-9A-Za-z.]", "_", version.split("-")[0])
-    return f"openvino-{release}_patch-{'x'.join(str(p) for p in patch)}_in-{in_channels}_net-{digest}.xml"
+    return f"openvino-{release}_patch-{'x'.join(str(p) for p in patch)}_in-{in_channels}_{part}-{digest}.xml"
+
+
+def split_head(net):
+    """``(trunk, head)``: a module computing ``net``'s last decoder feature map, and a copy of its 1x1x1
+    segmentation layer; ``(net, None)`` for networks the memory-lean forward does not handle.
+
+    Left in OpenVINO, the segmentation layer's output (classes x patch: 760 MB in float32 for a 3 mm tile
+    of 118 classes, plus OpenVINO's own buffer of it) dominates the engine's memory; run by torch slab by
+    slab on the trunk's output, like the exact engine's last layer, it never exists whole."""
+    import copy
+
+    import torch
+
+    from totalseg.predict.lean_unet import LeanUNet
+
+    if not LeanUNet.supports(net):
+        return net, None
+
+    class Trunk(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder, self.decoder = net.encoder, net.decoder
+
+        def forward(self, x):
+            skips = self.encoder(x)
+            x = skips[-1]
+            for s, (up, stage) in enumerate(zip(self.decoder.transpconvs, self.decoder.stages)):
+                x = stage(torch.cat((up(x), skips[-2 - s]), 1))
+            return x
+
+    return Trunk().eval(), copy.deepcopy(net.decoder.seg_layers[-1]).eval()
 
 
 def _trace_shape(net, patch) -> tuple[int, ...]:
@@ -238,7 +270,9 @@ def _read_ir(xml: Path, in_channels: int, patch):
 
 
 class FastNetwork:
-    """``net`` compiled by OpenVINO for tiles of shape (1, in_channels, *patch); called like ``net``."""
+    """``net`` compiled by OpenVINO for tiles of shape (1, in_channels, *patch); called like ``net``.
+
+    ``head``: the segmentation layer, run by torch on ``features`` (see split_head), or None."""
 
     def __init__(self, net, patch: tuple[int, ...], in_channels: int, cache_dir: Path | None,
                  precision: str | None = None, threads: int | None = None) -> None:
@@ -253,11 +287,13 @@ class FastNetwork:
         self._in_shape = (1, int(in_channels), *self._patch)
         requested = precision or default_precision()
         self._threads = int(threads or torch.get_num_threads())
+        trunk, self.head = split_head(net)
         cache = _writable_folder(Path(cache_dir)) if cache_dir is not None else None
         self.ir_path = None if cache is None else cache / ir_name(
-            self._ov.__version__, self._patch, in_channels, network_hash(net))
+            self._ov.__version__, self._patch, in_channels, network_hash(net),
+            "net" if self.head is None else "trunk")
         compiled_dir = None if cache is None else _writable_folder(cache / "compiled")
-        self._compiled = self._load(net, requested, compiled_dir)
+        self._compiled = self._load(trunk, requested, compiled_dir)
         hint = self._compiled.get_property("INFERENCE_PRECISION_HINT")
         self.precision = "bf16" if hint.get_type_name() == "bf16" else "f32"
         self._out_shape = tuple(self._compiled.output(0).get_shape())
@@ -294,6 +330,17 @@ class FastNetwork:
 
     def __call__(self, tile):
         """The network's float32 output (1, classes, *patch) for a float32 tile (1, in_channels, *patch)."""
+        import torch
+
+        out = self.features(tile)
+        if self.head is None:
+            return out
+        with torch.inference_mode():
+            return self.head(out)
+
+    def features(self, tile):
+        """What OpenVINO computes for a float32 tile (1, in_channels, *patch): the last decoder feature map
+        (1, channels, *patch) when ``head`` is the segmentation layer, else the network's output."""
         import torch
 
         x = tile.detach().to(device="cpu", dtype=torch.float32).contiguous()

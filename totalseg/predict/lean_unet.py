@@ -238,10 +238,16 @@ class LeanUNet:
         """Run the network on ``tile`` (1, channels, *patch); yields ``(z, output[:, z] * weight[z])``
         (float32, classes x slab) slab by slab along the first spatial axis."""
         features = self.features(tile)
-        depth = features.shape[2]
-        slab = SEG_SLAB if self._slab_exact(features) else depth
-        for z in range(0, depth, slab):
-            out = self.seg_layer(features[:, :, z:z + slab])[0]
-            out *= weight[z:z + slab]
-            yield slice(z, min(z + slab, depth)), out
-            del out
+        slab = SEG_SLAB if self._slab_exact(features) else features.shape[2]
+        return weighted_head_slabs(features, self.seg_layer, weight, slab)
+
+
+def weighted_head_slabs(features, seg_layer, weight, slab: int = SEG_SLAB) -> Iterator[tuple[slice, Any]]:
+    """``(z, seg_layer(features)[0, :, z] * weight[z])`` slab by slab along the first spatial axis, so the
+    classes x patch output of a tile never exists whole (118 classes of a 3 mm tile: 760 MB in float32)."""
+    depth = features.shape[2]
+    for z in range(0, depth, slab):
+        out = seg_layer(features[:, :, z:z + slab])[0]
+        out *= weight[z:z + slab]
+        yield slice(z, min(z + slab, depth)), out
+        del out

@@ -164,8 +164,14 @@ def weighted_outputs(net, volume, tiles, weight, workers: int = 1, checks: Kerne
                      lean: bool = True):
     """``(tile index, z, output * weight)`` for every tile in order, where ``z`` slices the tile's
     first axis: whole tiles, or slabs of them from the memory-lean forward pass (CPU only)."""
-    from totalseg.predict.lean_unet import LeanUNet
+    from totalseg.predict.lean_unet import LeanUNet, weighted_head_slabs
 
+    head = getattr(net, "head", None)  # a fast-engine network that leaves its segmentation layer to torch
+    if head is not None:
+        for i, tile in enumerate(tiles):
+            for z, out in weighted_head_slabs(net.features(volume[(slice(None), *tile)][None]), head, weight):
+                yield i, z, out
+        return
     if lean and workers <= 1 and volume.device.type == "cpu" and LeanUNet.supports(net):
         lean_net = LeanUNet(net, checks)
         for i, tile in enumerate(tiles):
