@@ -26,6 +26,7 @@ from conftest import REF
 from weights_server import closed_port_url
 
 from totalseg.batch.discover import Case, case_id, discover_cases
+from totalseg.batch.worker import RUN_REPORT
 from totalseg.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,7 +87,8 @@ def singles(cohort, fake_home, tmp_path_factory) -> dict[str, Path]:
         mp.setenv("TOTALSEG_HOME_DIR", str(fake_home))
         mp.setenv("TOTALSEG_WEIGHTS_URL", closed_port_url())
         for cid, rel in inputs.items():
-            assert main(["-i", str(cohort / rel), "-o", str(out / cid), *OPTIONS, "-q"]) == 0
+            assert main(["-i", str(cohort / rel), "-o", str(out / cid), *OPTIONS, "-q",
+                         "-rp", str(out / cid / RUN_REPORT)]) == 0
     return {cid: out / cid for cid in inputs}
 
 
@@ -103,11 +105,17 @@ def _rows(out: Path) -> dict[str, dict]:
 
 
 def _assert_same_tree(a: Path, b: Path) -> None:
-    """Same file names, byte for byte the same files."""
+    """Same file names, byte for byte the same files; the run reports the same but for the paths and times
+    (a's names its own case folder)."""
     names = sorted(p.name for p in a.iterdir())
-    assert names == sorted(p.name for p in b.iterdir())
-    _, mismatch, errors = filecmp.cmpfiles(a, b, names, shallow=False)
+    assert names == sorted(p.name for p in b.iterdir()) and RUN_REPORT in names
+    _, mismatch, errors = filecmp.cmpfiles(a, b, [n for n in names if n != RUN_REPORT], shallow=False)
     assert not mismatch and not errors, (mismatch, errors)
+    report, single = (json.loads((d / RUN_REPORT).read_text()) for d in (a, b))
+    assert Path(report["output"]) == a.absolute()
+    for key in ("input", "output", "runtime_seconds"):
+        del report[key], single[key]
+    assert report == single
 
 
 def _assert_cohort_result(out: Path, singles: dict[str, Path]) -> None:
@@ -181,6 +189,10 @@ def test_cohort_equals_single_runs_and_isolates_failures(local_run, singles):
     _assert_cohort_result(out, singles)
     rows = _rows(out)
     assert rows["ct_a"]["totalseg_version"] and float(rows["ct_a"]["seconds"]) > 0
+    # each case's warnings, as its run report lists them: ct_b is ct_a mirrored left-right in its voxels
+    for cid in GOOD:
+        assert rows[cid]["warnings"] == " | ".join(json.loads((out / cid / RUN_REPORT).read_text())["warnings"])
+    assert "flip" not in rows["ct_a"]["warnings"] and "left-right" in rows["sub__ct_b"]["warnings"]
 
 
 def test_statistics_table_equals_case_files(local_run):

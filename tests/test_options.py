@@ -126,11 +126,13 @@ def test_sheared_input_matches_official(use_home, tmp_path, capsys):
     official does, with one warning; the output keeps the input's affine and header."""
     src = _sheared_ct(tmp_path / "sheared.nii.gz")
     out = tmp_path / "fast_sheared.nii.gz"
-    assert main(["-i", str(src), "-o", str(out), "--fast", "--ml", "-d", "cpu"]) == 0
+    report = tmp_path / "report.json"
+    assert main(["-i", str(src), "-o", str(out), "--fast", "--ml", "-d", "cpu", "-rp", str(report)]) == 0
     _assert_same_image(out, EXTRA / out.name)
     warnings = [line for line in capsys.readouterr().err.splitlines()
                 if line.startswith("WARNING:") and "field of view" not in line]  # the cut-off check's line
     assert len(warnings) == 1 and "sheared grid (axes 74.6 degrees apart" in warnings[0], warnings
+    assert f"WARNING: {json.loads(report.read_text())['warnings'][0]}" == warnings[0]  # the reader's, reported
     assert "3.027 x 3 x 3.008 mm" in warnings[0] and "LAS" in warnings[0]
     ours, given = nib.load(out), nib.load(src)
     assert np.array_equal(ours.affine, given.affine)

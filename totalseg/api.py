@@ -237,11 +237,11 @@ def _notices(say, crop_path, nr_thr_resamp) -> None:
             "for 3D images)")
 
 
-def _warn(say, lines: list[str]) -> list[str]:
-    """Say each warning of the input checks (one line, none with -q); returned for the run report."""
+def _warn(say, lines: list[str], kept: list[str]) -> None:
+    """Say each warning (one line, none with -q) and keep it for the run report."""
     for line in lines:
         say(f"WARNING: {line}")
-    return lines
+    kept.extend(lines)
 
 
 def _lowres_output(result, image):
@@ -361,11 +361,12 @@ def totalsegmentator(input, output=None, ml: bool = False, nr_thr_resamp: int = 
         ensure_installed(models, source_from_environment(), quiet=quiet, say=say)
     for model in models:  # fail before any work if weights are missing
         model_folder(model)
+    warned: list[str] = []  # for the run report: the reader's warnings, then the input checks'
     if dicom_in:
-        image = load_dicom(input, warn=lambda m: say(f"WARNING: {m}"), series=series)
+        image = load_dicom(input, warn=lambda m: _warn(say, [m], warned), series=series)
     else:
-        image = load_nifti(input, warn=lambda m: say(f"WARNING: {m}"))
-    warned = _warn(say, image_warnings(image.volume, task_info.modality, task))  # they never change outputs
+        image = load_nifti(input, warn=lambda m: _warn(say, [m], warned))
+    _warn(say, image_warnings(image.volume, task_info.modality, task), warned)  # they never change outputs
     say(f"Predicting {task}{' (fast)' if fast else ''}{' (fastest)' if fastest else ''}...")
     step = time.time()
     result, ran_on = _run_segment(image, plan, say, predictor, device, engine, quiet, debug, input, task,
@@ -373,7 +374,10 @@ def totalsegmentator(input, output=None, ml: bool = False, nr_thr_resamp: int = 
                                   header_zooms=image.header.get_zooms()[:3])
     tell(f"  predicted on {ran_on} in {time.time() - step:.2f}s")
     cut_off = cut_off_warning(result.labels, result.class_map)  # said where it matters: the statistics
-    warned += _warn(say, cut_off) if statistics else cut_off
+    if statistics:
+        _warn(say, cut_off, warned)
+    else:
+        warned += cut_off
 
     stats = None
     if statistics:

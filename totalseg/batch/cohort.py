@@ -23,7 +23,7 @@ from totalseg.notice import notice_printer
 
 # Options that name one case's files or are the cohort's own: not per-case options here.
 _NOT_PER_CASE = {"input": "inputs are the cohort's", "output": "outputs go to out_dir/<case_id>/",
-                 "report": "cases.csv is the cohort's report", "series_uid": "each case picks its own series",
+                 "report": "each case folder gets its run_report.json", "series_uid": "each case picks its own series",
                  "verbose": "per-case progress is not shown", "quiet": "pass quiet to segment_cohort",
                  "debug": "errors are in cases.csv"}
 

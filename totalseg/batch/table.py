@@ -14,7 +14,8 @@ DONE, FAILED = "done", "failed"
 
 @dataclass(frozen=True)
 class CaseRow:
-    """What became of one case. ``models``: ``folder@release`` of each model that ran, ``;`` between them."""
+    """What became of one case. ``models``: ``folder@release`` of each model that ran, ``;`` between them.
+    (Columns are only ever added at the end: tables of earlier runs read with the new ones empty.)"""
 
     case_id: str
     input: str
@@ -23,6 +24,7 @@ class CaseRow:
     seconds: str = ""
     totalseg_version: str = ""
     models: str = ""
+    warnings: str = ""  # the warnings of the case's run report, " | " between them
 
 
 COLUMNS = [f.name for f in fields(CaseRow)]

@@ -9,6 +9,7 @@ damaged file or fail a good one.
 """
 from __future__ import annotations
 
+import json
 import threading
 import time
 from contextlib import contextmanager
@@ -21,6 +22,8 @@ from totalseg.batch.table import DONE, FAILED, CaseRow
 from totalseg.errors import UserError
 from totalseg.load.dicom import is_dicom_input
 from totalseg.registry import Model
+
+RUN_REPORT = "run_report.json"  # each case folder's: what TotalSegmentator -rp writes
 
 
 class _Turns:
@@ -67,6 +70,19 @@ class _CaseView:
             return self._predictor.model_labels(model, *args, **kwargs)
 
 
+def _point_report_at(report: Path, staging: Path, final: Path) -> list[str]:
+    """Make the run report name the case folder the outputs are about to be renamed to (not the staging
+    folder they were written in); returns its warnings."""
+    from totalseg.write.report import write_report
+
+    manifest = json.loads(report.read_text(encoding="utf-8"))
+    if manifest.get("output"):
+        inside = Path(manifest["output"]).absolute().relative_to(staging.absolute())
+        manifest["output"] = str(final.absolute() / inside)
+    write_report(manifest, report)
+    return [str(w) for w in manifest.get("warnings", [])]
+
+
 def case_output(staging: Path, options: Mapping[str, Any]) -> Path:
     """The ``-o`` a single run gets so that it writes into ``staging``: the folder itself for per-class masks,
     ``segmentations.nii.gz`` with --ml, ``segmentations_seg.dcm`` / ``segmentations_rtstruct.dcm`` for a DICOM
@@ -108,13 +124,14 @@ class CaseRunner:
         with self._turns.hold(alone=is_dicom_input(case.input)):
             started = time.time()
             view = _CaseView(self.predictor, self._lock)
-            status, error = self._segment(case, out_dir, options, view)
+            status, error, warnings = self._segment(case, out_dir, options, view)
         return CaseRow(case.case_id, str(case.input), status, error, f"{time.time() - started:.2f}", __version__,
-                       models_text(view.used))
+                       models_text(view.used), " | ".join(warnings))
 
     @staticmethod
-    def _segment(case: Case, out_dir: Path, options: Mapping[str, Any], view: _CaseView) -> tuple[str, str]:
-        """Status and error of one attempt at ``case``."""
+    def _segment(case: Case, out_dir: Path, options: Mapping[str, Any],
+                 view: _CaseView) -> tuple[str, str, list[str]]:
+        """Status, error and warnings of one attempt at ``case``."""
         from totalseg.api import totalsegmentator
 
         staging = None
@@ -122,11 +139,14 @@ class CaseRunner:
             if not case.input.exists():
                 raise UserError(f"the input does not exist: {case.input}")
             staging = new_staging(out_dir, case.case_id)
-            totalsegmentator(case.input, case_output(staging, options), predictor=view, **options)
-            publish(staging, case_folder(out_dir, case.case_id))
-            return DONE, ""
+            final = case_folder(out_dir, case.case_id)
+            totalsegmentator(case.input, case_output(staging, options), predictor=view,
+                             report=staging / RUN_REPORT, **options)
+            warnings = _point_report_at(staging / RUN_REPORT, staging, final)
+            publish(staging, final)
+            return DONE, "", warnings
         except Exception as e:  # noqa: BLE001 - one bad case must not stop the cohort
-            return FAILED, one_line(e)
+            return FAILED, one_line(e), []
         finally:
             if staging is not None:
                 discard(staging)  # gone after a rename; a failed attempt's files go
