@@ -260,6 +260,20 @@ def test_totalsegmentator_html_report(cohort):
     assert {c["name"] for c in meta["classes"]} == {p.name[:-7] for p in (cohort / "upper_abdomen").glob("*.nii.gz")}
 
 
+def test_html_report_of_a_dicom_input(use_home, tmp_path):
+    """-hr after a DICOM input: the page shows the series as read (its grid) with the run's masks."""
+    from totalseg.load.dicom import load_dicom
+
+    dicom = REF / "example_ct_dicom"
+    status, error, _ = _run_case(dicom, tmp_path / "seg", "--html_report", str(tmp_path / "html"))
+    assert status == "done", error
+    meta = _meta(tmp_path / "html" / "index.html")
+    series = load_dicom(dicom)
+    assert meta["shape"] == list(series.volume.data.shape)
+    assert meta["spacing"] == [round(float(z), 4) for z in series.header.get_zooms()[:3]]
+    assert {c["name"] for c in meta["classes"]} == {p.name[:-7] for p in (tmp_path / "seg").glob("*.nii.gz")}
+
+
 def test_gallery_flags(gallery):
     data = _meta(gallery, "tsr-cohort")
     kinds = {c["id"]: {f["kind"] for f in c["flags"]} for c in data["cases"]}
