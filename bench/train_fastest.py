@@ -87,6 +87,9 @@ def main() -> int:
     ap.add_argument("--plans_from", type=Path, default=None, help="the official Dataset298 plans.json")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"])
     ap.add_argument("--dry-run", action="store_true", help="one epoch of two iterations")
+    ap.add_argument("--resume", action="store_true",
+                    help="go on from the last finished epoch of an earlier run in --work (same --epochs and "
+                         "--iterations; the short trainer saves a checkpoint after every epoch)")
     args = ap.parse_args()
     if args.dry_run:
         args.epochs, args.iterations = 1, 2
@@ -100,14 +103,16 @@ def main() -> int:
     env = dict(os.environ)
     classes = get_model(298).classes
     t0 = time.time()
-    make_dataset(work / "dataset", classes)
-    convert_dataset(work / "dataset", work / "nnUNet_raw", DATASET_ID, "TotalFastestBench", classes,
-                    meta=work / "dataset" / "meta.csv", say=print)
-    plan_and_preprocess(work, DATASET_ID, plans_from=official_plans(work, args.plans_from),
-                        batch_size=args.batch_size, processes=2, say=print, quiet=True)
+    if not args.resume:
+        make_dataset(work / "dataset", classes)
+        convert_dataset(work / "dataset", work / "nnUNet_raw", DATASET_ID, "TotalFastestBench", classes,
+                        meta=work / "dataset" / "meta.csv", say=print)
+        plan_and_preprocess(work, DATASET_ID, plans_from=official_plans(work, args.plans_from),
+                            batch_size=args.batch_size, processes=2, say=print, quiet=True)
     t1 = time.time()
     result = train(work, DATASET_ID, trainer="nnUNetTrainerShortNoMirroring", device=args.device,
-                   epochs=args.epochs, iterations=args.iterations, workers=1, say=print, quiet=False)
+                   epochs=args.epochs, iterations=args.iterations, workers=1, resume=args.resume, say=print,
+                   quiet=False)
     t2 = time.time()
     import_result(result, TASK, say=print)
     pred = work / "pred"

@@ -250,7 +250,8 @@ def test_python_api_reuses_a_predictor_and_never_imports_ray(cohort, env, tmp_pa
         f"inputs = [{str(cohort / 'corrupt.nii.gz')!r}, {str(cohort / 'ct_a.nii.gz')!r}]\n"
         "with Predictor('cpu', progress_bars=False) as p:\n"
         f"    r = segment_cohort(inputs, {str(tmp_path / 'out')!r}, predictor=p, fastest=True, quiet=True)\n"
-        "    p.segment(inputs[1], " + repr(str(tmp_path / 'one')) + ", fastest=True, quiet=True)\n"
+        "    p.segment(inputs[1], " + repr(str(tmp_path / 'one')) + ", fastest=True, quiet=True, report="
+        + repr(str(tmp_path / "one" / RUN_REPORT)) + ")\n"
         "print([x.status for x in r.rows], p.loads, 'ray' in sys.modules)\n")
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

@@ -18,6 +18,9 @@ class nnUNetTrainerShort(nnUNetTrainer):
         self.num_epochs = int(os.environ.get("TOTALSEG_EPOCHS", "2"))
         self.num_iterations_per_epoch = int(os.environ.get("TOTALSEG_ITERATIONS", "5"))
         self.num_val_iterations_per_epoch = max(1, self.num_iterations_per_epoch // 5)
+        # checkpoint_latest.pth after every epoch (nnU-Net: every 50), so that a long CPU run stopped midway
+        # (a session's end) goes on from its last epoch with totalseg_train --resume (nnU-Net's --c).
+        self.save_every = 1
 
 
 class nnUNetTrainerShortNoMirroring(nnUNetTrainerShort):
