@@ -125,6 +125,14 @@ def class_map(key: str | dict) -> dict[int, str]:
     return {int(k): v for k, v in maps[key].items()}
 
 
+def standalone_class_maps() -> list[str]:
+    """The class maps of class_maps.json that are neither a task's nor a model's (the official tool's extra
+    maps: ``total_v1``, the ``*_auxiliary`` maps, ...)."""
+    tables, maps = _tables()
+    used = set(tables["tasks"]) | {m["classes"] for m in tables["models"].values() if isinstance(m["classes"], str)}
+    return [name for name in maps if not name.startswith("_") and name not in used]
+
+
 def is_builtin(task: str | None = None, model_id: int | None = None) -> bool:
     """Whether a task name or a dataset id belongs to the package's registry (not to custom_tasks.json)."""
     tables = _tables()[0]
