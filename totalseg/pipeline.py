@@ -6,8 +6,10 @@ over :class:`~totalseg.volume.Volume` values.
 """
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -51,6 +53,14 @@ def _quiet(_: str) -> None:
     pass
 
 
+@contextmanager
+def timed(progress: Progress, done: str) -> Iterator[None]:
+    """Say ``done`` with the seconds the block took (as the official tool reports each stage)."""
+    start = time.perf_counter()
+    yield
+    progress(f"  {done} in {time.perf_counter() - start:.2f}s")
+
+
 def run_models(vol: Volume, step: ModelStep, labeller: Labeller, progress: Progress = _quiet,
                blobs_mm3: float | None = None) -> np.ndarray:
     """Labels (task ids) of canonical ``vol`` from the models of ``step``; parts merged, large images split.
@@ -89,16 +99,29 @@ def predict(image: Volume, step: ModelStep, labeller: Labeller, progress: Progre
     labels are dropped first) instead of nearest-neighbour."""
     canon = to_canonical(image)
     spacing = step.resample
-    small = canon if spacing is None else resample.to_spacing(canon, spacing, step.resampling_order)
+    if spacing is None:
+        small = canon
+    else:
+        with timed(progress, f"resampled to {_mm(spacing)} mm"):
+            small = resample.to_spacing(canon, spacing, step.resampling_order)
     labels = run_models(small, step, labeller, progress, blobs_mm3)
     low = Volume(labels, small.affine)
-    if spacing is not None and one_hot is not None:
-        kept = np.where(np.isin(labels, list(one_hot)), labels, 0).astype(np.uint8)
-        back = Volume(postprocess.upsample_one_hot(kept, canon.shape), canon.affine)
+    if spacing is None:
+        back = low
     else:
-        back = low if spacing is None else resample.to_shape(low, canon.shape, canon.affine, order=0)
+        with timed(progress, "resampled back to the input grid"):
+            if one_hot is not None:
+                kept = np.where(np.isin(labels, list(one_hot)), labels, 0).astype(np.uint8)
+                back = Volume(postprocess.upsample_one_hot(kept, canon.shape), canon.affine)
+            else:
+                back = resample.to_shape(low, canon.shape, canon.affine, order=0)
     out = from_canonical(back, image.affine).data
     return Prediction(np.ascontiguousarray(out), low, small)
+
+
+def _mm(spacing) -> str:
+    values = sorted({float(v) for v in spacing})
+    return "/".join(f"{v:g}" for v in values)
 
 
 def class_mask(labels: np.ndarray, source: Task, classes: Sequence[str] | None) -> np.ndarray:

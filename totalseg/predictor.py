@@ -170,9 +170,12 @@ class Predictor:
         """Labels of ``model`` (its own label ids) on the canonical image ``data`` with voxel size ``spacing``."""
         from totalseg.predict import nnunet
 
+        from totalseg.pipeline import timed
+
         progress(f"  running {model.folder}")
-        entry = self._entry(model, folds)
-        with self.settings():
+        with timed(progress, "loaded"):
+            entry = self._entry(model, folds)
+        with timed(progress, "predicted"), self.settings():
             return nnunet.segment(data, spacing, entry.plans, entry.runner, step)
 
     @contextmanager

@@ -543,6 +543,24 @@ def cmd_run(args) -> int:
                     shutil.copyfile(src, args.out / f"seg_{key}_{tool}.nii.gz")
         save()
 
+    for key in args.repeat_official:  # the official tool against itself: the GPU's own run-to-run noise
+        case = results["cases"].get(key) or {}
+        first = case.get("official") or {}
+        cap = args.cap_fast if "--fast" in case.get("options", []) else args.cap_ml
+        left = args.deadline - time.time() - 10
+        if not first.get("output") or left < min(cap, first.get("wall_s", cap) * 1.5 + 20):
+            log(f"[{key} official again] SKIPPED ({left:.0f} s left, or no first output)")
+            continue
+        again = run_tool(args, sampler, "official", f"{key}_again", case["options"], min(cap, left), log)
+        results["official_again"] = results.get("official_again", {})
+        results["official_again"][key] = {"run": again}
+        if again.get("output"):
+            ag = agreement(Path(first["output"]), Path(again["output"]))
+            results["official_again"][key]["agreement"] = ag
+            log(f"[{key}] official run 1 vs run 2: {fmt(None if ag.get('equal_fraction') is None else 100 * ag['equal_fraction'], '.4f')} % "
+                f"equal voxels, min Dice {fmt(ag.get('min_dice_ge_50'), '.5f')}")
+        save()
+
     eq_ok = [c["agreement"]["equal_fraction"] >= 0.9999 for c in results["cases"].values()
              if (c.get("agreement") or {}).get("equal_fraction") is not None]
     ratios = [c["wall_ratio"] for c in results["cases"].values() if c.get("wall_ratio") is not None]
@@ -588,6 +606,9 @@ def main(argv=None) -> int:
     p.add_argument("--cap-fast", type=float, default=150)
     p.add_argument("--cap-ml", type=float, default=300)
     p.add_argument("--min-run-s", type=float, default=30)
+    p.add_argument("--repeat-official", action="append", default=[],
+                   help="KEY: when time is left at the end, run the official tool again on that case and compare "
+                        "its two outputs (the device's run-to-run noise)")
     p.add_argument("--torchvision-shim", action="store_true")
     p.add_argument("--machine", default="", help="JSON with facts about the machine")
     args = ap.parse_args(argv)
