@@ -555,7 +555,11 @@ def cmd_run(args) -> int:
         results["official_again"] = results.get("official_again", {})
         results["official_again"][key] = {"run": again}
         if again.get("output"):
-            ag = agreement(Path(first["output"]), Path(again["output"]))
+            try:
+                ag = agreement(Path(first["output"]), Path(again["output"]))
+            except Exception as e:  # the measured runs' figures matter more than this one
+                log(f"[{key}] official run 1 vs run 2: comparison failed: {e!r}")
+                continue
             results["official_again"][key]["agreement"] = ag
             log(f"[{key}] official run 1 vs run 2: {fmt(None if ag.get('equal_fraction') is None else 100 * ag['equal_fraction'], '.4f')} % "
                 f"equal voxels, min Dice {fmt(ag.get('min_dice_ge_50'), '.5f')}")
