@@ -1,6 +1,8 @@
 """The predictor and the run plan: one plan for install and run, the device path, torch's settings."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -145,6 +147,7 @@ def test_predictor_restores_torch_settings(use_home):
     from totalseg.predictor import Predictor, flushing_denormals
 
     threads = torch.get_num_threads()
+    cudnn = torch.backends.cudnn
     image = _small_image()
     plan = plan_run(get_task("body"), Options(fast=True))
     try:
@@ -157,6 +160,31 @@ def test_predictor_restores_torch_settings(use_home):
     finally:
         torch.set_num_threads(threads)
         torch.set_flush_denormal(False)
+
+
+def test_predictor_pins_cudnn_on_cuda_and_restores_the_callers_flags(use_home, monkeypatch):
+    """On CUDA the networks run with cuDNN deterministic and benchmark mode off; the caller's flags come back."""
+    import torch
+
+    from totalseg.predict import nnunet
+    from totalseg.predictor import Predictor
+
+    cudnn = torch.backends.cudnn
+    seen = []
+    monkeypatch.setattr(nnunet, "segment", lambda *args: seen.append((cudnn.benchmark, cudnn.deterministic))
+                        or np.zeros(args[0].shape, dtype=np.uint8))
+    before = (cudnn.benchmark, cudnn.deterministic)
+    predictor = Predictor("meta")
+    predictor.device = "cuda:0"  # the settings only; the fake nnunet.segment never touches a device
+    predictor._entry = lambda model, folds: SimpleNamespace(plans=None, runner=None)
+    try:
+        for caller in ((True, False), (False, False)):
+            cudnn.benchmark, cudnn.deterministic = caller
+            segment(_small_image(), plan_run(get_task("body"), Options(fast=True)), predictor)
+            assert (cudnn.benchmark, cudnn.deterministic) == caller
+    finally:
+        cudnn.benchmark, cudnn.deterministic = before
+    assert seen and all(flags == (False, True) for flags in seen)
 
 
 def test_predictor_keeps_models_loaded_across_images(use_home):

@@ -9,7 +9,7 @@ A notebook or a cohort script loads models once and segments many images::
             predictor.segment(path, out_dir / path.name, fast=True, ml=True)
 
 ``segment`` takes the options of :func:`totalseg.totalsegmentator` (which itself runs through a
-predictor). Torch's intra-op thread count, its denormal setting and cuDNN's benchmark flag are set
+predictor). Torch's intra-op thread count, its denormal setting and cuDNN's flags are set
 only while a model runs and are restored afterwards, so the caller's own torch settings stay as
 they were. Use one predictor from one thread at a time.
 """
@@ -43,23 +43,24 @@ def flushing_denormals() -> bool:
 
 
 @contextmanager
-def torch_settings(threads: int | None, flush_denormal: bool, cudnn_benchmark: bool | None) -> Iterator[None]:
-    """Torch's thread count, denormal flushing and cuDNN benchmark flag set for a block, then
-    restored to what they were."""
+def torch_settings(threads: int | None, flush_denormal: bool, pin_cudnn: bool = False) -> Iterator[None]:
+    """Torch's thread count and denormal flushing set for a block, and with ``pin_cudnn`` cuDNN's
+    algorithm choice pinned (deterministic algorithms, no benchmark autotuning); all restored after."""
     import torch
 
-    before = (torch.get_num_threads(), flushing_denormals(), torch.backends.cudnn.benchmark)
+    cudnn = torch.backends.cudnn
+    before = (torch.get_num_threads(), flushing_denormals(), cudnn.benchmark, cudnn.deterministic)
     if threads is not None:
         torch.set_num_threads(threads)
     torch.set_flush_denormal(flush_denormal)
-    if cudnn_benchmark is not None:
-        torch.backends.cudnn.benchmark = cudnn_benchmark
+    if pin_cudnn:
+        cudnn.benchmark, cudnn.deterministic = False, True
     try:
         yield
     finally:
         torch.set_num_threads(before[0])
         torch.set_flush_denormal(before[1])
-        torch.backends.cudnn.benchmark = before[2]
+        cudnn.benchmark, cudnn.deterministic = before[2], before[3]
 
 
 def default_threads() -> int:
@@ -180,11 +181,14 @@ class Predictor:
 
     @contextmanager
     def settings(self) -> Iterator[None]:
-        """Torch configured for this predictor's runs: threads (CPU), denormals flushed (subnormal
-        floats slow the CPU many times over and cannot move an fp16 logit), cuDNN benchmark on CUDA
-        (as nnU-Net); all restored afterwards."""
+        """Torch configured for this predictor's runs, all restored afterwards: threads (CPU), denormals
+        flushed (subnormal floats slow the CPU many times over and cannot move an fp16 logit), and on
+        CUDA cuDNN's algorithm choice pinned. nnU-Net lets cuDNN time its algorithms on every run
+        (benchmark mode), so the official GPU masks differ between two runs at near-tie voxels; pinned,
+        the same input gives the same masks every time, equal to the official tool's with the same pin,
+        and no run pays for the timing."""
         cuda = self.device.startswith("cuda")
-        with torch_settings(None if cuda else self.threads, True, True if cuda else None):
+        with torch_settings(None if cuda else self.threads, True, pin_cudnn=cuda):
             yield
 
     def segment(self, input, output=None, **options):

@@ -19,6 +19,8 @@
 # $OUT/seg_<case>_<tool>.nii.gz; without $OUT: bench/work/gpu/.
 # Environment knobs: BENCH_BUDGET_S (seconds for everything from the start of this script: default 560 on the
 # device, 3600 dry), BENCH_CAP_FAST_S / BENCH_CAP_ML_S (timeout of one tool run: 150 / 270 on the device).
+# BENCH_CUDNN_DETERMINISTIC=1: both tools with cuDNN's algorithm choice pinned (bench/gpu/stubs/common/cudnn_pin.py),
+# to tell arithmetic differences from cuDNN benchmark mode's run-to-run choice.
 # BENCH_DRY_INPUT (dry run only: another input image, e.g. example_ct_sm.nii.gz on a busy machine).
 # Exit status: 0 when every step and all four runs succeeded, 1 otherwise (it goes on past a failed run).
 set -uo pipefail
@@ -100,6 +102,11 @@ with lzma.open(sys.argv[1]) as src, gzip.open(sys.argv[2] + ".tmp", "wb", compre
     else
         OURS_PP="$REPO:$SITE"
         echo "WARNING: totalseg/ or totalsegmentator/ changed since bench/gpu/prepare.sh built .whl/ours: running ours from the working tree"
+    fi
+    if [ "${BENCH_CUDNN_DETERMINISTIC:-0}" = 1 ]; then  # agreement check: cuDNN pinned in both tools' runs
+        export BENCH_CUDNN_DETERMINISTIC
+        OURS_PP="$REPO/bench/gpu/stubs/ours:$OURS_PP"
+        echo "BENCH_CUDNN_DETERMINISTIC=1: cuDNN deterministic, benchmark mode off, in both tools (ours pins it by itself too)"
     fi
     # compile now, so that neither tool's measured run pays for compiling the modules it imports first
     "$PY" -m compileall -q -j 0 "$SITE" "$SITE_OFF" >/dev/null 2>&1

@@ -10,7 +10,8 @@ so every Python process of such a run, nnU-Net's spawned workers included, loads
 2. Dry run only (BENCH_TORCHVISION_SHIM=1, set by run.sh --dry-run): the torchvision import fix of
    bench/official_env.sh (PyPI's CUDA torchvision next to a CPU torch). On the device torchvision is a
    matching CUDA build and this is not enabled.
-3. Then runs the interpreter's own sitecustomize, if there is one further down sys.path (e.g. Ubuntu's).
+3. With BENCH_CUDNN_DETERMINISTIC=1: cuDNN's algorithm choice pinned (../common/cudnn_pin.py).
+4. Then runs the interpreter's own sitecustomize, if there is one further down sys.path (e.g. Ubuntu's).
 """
 import importlib.machinery
 import os
@@ -88,4 +89,14 @@ def _chain_next_sitecustomize():
             return
 
 
+def _pin_cudnn():  # BENCH_CUDNN_DETERMINISTIC=1 only: see ../common/cudnn_pin.py
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
+    try:
+        import cudnn_pin
+    finally:
+        del sys.path[0]
+    cudnn_pin.pin()
+
+
+_pin_cudnn()
 _chain_next_sitecustomize()
