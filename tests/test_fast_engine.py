@@ -133,6 +133,24 @@ def test_cache_is_reused_and_keyed_by_weights(model, ct_tiles, tmp_path, monkeyp
     assert len(_files(cache, "*.xml")) == 2 and len(_files(cache, "*.bin")) == 2
 
 
+def test_caching_the_trunk_removes_the_same_networks_whole_ir(model, tmp_path):
+    """An IR of the whole network (what earlier releases cached) goes once its trunk is cached; another
+    network's IR stays."""
+    import openvino
+
+    net, patch = model.networks[0], model.plans.patch_size
+    digest = fast_engine.network_hash(net)
+    old = tmp_path / fast_engine.ir_name(openvino.__version__, patch, 1, digest, "net")
+    other = tmp_path / fast_engine.ir_name(openvino.__version__, patch, 1, "0123456789abcdef", "net")
+    for xml in (old, other):
+        xml.write_text("<net/>")
+        xml.with_suffix(".bin").write_bytes(b"\0" * 64)
+    fast = fast_engine.FastNetwork(net, patch, 1, tmp_path, precision="f32")
+    assert fast.head is not None and "_trunk-" in fast.ir_path.name
+    assert sorted(p.name for p in tmp_path.glob("*.*")) == sorted(
+        [fast.ir_path.name, fast.ir_path.with_suffix(".bin").name, other.name, other.with_suffix(".bin").name])
+
+
 def test_corrupt_cached_ir_is_rebuilt(model, ct_tiles, tmp_path):
     net, patch = model.networks[0], model.plans.patch_size
     expected = _run(fast_engine.FastNetwork(net, patch, 1, tmp_path, precision="f32"), ct_tiles[:1])

@@ -13,6 +13,7 @@ and OpenVINO's own CACHE_DIR keeps the compiled blobs. OpenVINO's usage telemetr
 from __future__ import annotations
 
 import functools
+import glob
 import hashlib
 import os
 import re
@@ -233,6 +234,18 @@ def _remove_stale_temporaries(folder: Path) -> None:
             pass
 
 
+def _remove_superseded(xml: Path) -> None:
+    """Delete the cached IRs of the same network as ``xml`` (same release, patch, channels and weights)
+    cut at another place: those of "net" once the trunk is cached (each as large as the weights)."""
+    if not xml.is_file():
+        return
+    prefix, _, rest = xml.name.rpartition("_")
+    digest = rest.partition("-")[2]
+    for other in xml.parent.glob(f"{glob.escape(prefix)}_*-{glob.escape(digest)}"):
+        if other != xml:
+            _remove_ir(other)
+
+
 def _save_ir(ov, model, xml: Path) -> None:
     """Save the IR in a temporary folder beside ``xml`` and move it into place, .bin first: an .xml
     is only ever present with its complete .bin. (write_atomic moves one file and turns failures into
@@ -326,6 +339,7 @@ class FastNetwork:
         model = _convert(self._ov, net, self._patch, in_channels)
         if self.ir_path is not None:
             _save_ir(self._ov, model, self.ir_path)
+            _remove_superseded(self.ir_path)
         return self._compile(model, precision, compiled_dir)
 
     def __call__(self, tile):
