@@ -141,3 +141,10 @@ def test_help_and_listing_do_not_import_torch():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "total_mr" in proc.stdout
+
+
+def test_resampling_threads_must_be_positive(tmp_path, use_home, capsys):
+    out = tmp_path / "seg.nii.gz"
+    code, err = _run(["-i", str(REF / "example_ct_sm.nii.gz"), "-o", str(out), "--ml", "-nr", "0", "-d", "cpu"],
+                     capsys)
+    _assert_clean_failure(code, err, out, "--nr_thr_resamp must be 1 or more")

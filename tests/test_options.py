@@ -84,8 +84,8 @@ def _assert_report_like_official(ours: Path, theirs: Path, output: Path) -> None
 
 
 def test_save_lowres_files_match_official(use_home, tmp_path, capsys):
-    """Per-class files at model resolution; -ns sets the writer's threads, -nr/-cp only say they do nothing,
-    -v adds timings, and --report lists the files."""
+    """Per-class files at model resolution; -ns sets the writer's threads, -nr the resampling's (same files),
+    -cp only says it does nothing, -v adds timings, and --report lists the files."""
     extra = ["-ns", "2", "-nr", "4", "-cp", str(tmp_path / "nowhere"), "-v", "-rp", str(tmp_path / "r.json")]
     out = _run_case("fastest_lowres_files", tmp_path, extra, quiet=False)
     theirs = EXTRA / "fastest_lowres_files"
@@ -94,8 +94,8 @@ def test_save_lowres_files_match_official(use_home, tmp_path, capsys):
     for name in names:
         _assert_same_image(out / name, theirs / name, table=False)
     err = capsys.readouterr().err
-    assert "-cp/--crop_path has no effect" in err and "-nr/--nr_thr_resamp has no effect" in err
-    assert "predicted on cpu in" in err and "saved in" in err
+    assert "-cp/--crop_path has no effect" in err and "nr_thr_resamp" not in err
+    assert "predicted on cpu in" in err and "saved in" in err and "resampled to 6 mm in" in err
     assert json.loads((tmp_path / "r.json").read_text())["output_files"] == names
     assert not (tmp_path / "nowhere").exists()
 
@@ -200,7 +200,7 @@ def test_remove_small_blobs_needs_a_positive_size(capsys):
 
 
 def test_notices_and_debug(use_home, tmp_path, capsys, monkeypatch):
-    """-v1o on another task and -cp/-nr say they have no effect; --debug names input and task on an
+    """-v1o on another task and -cp say they have no effect; --debug names input and task on an
     unexpected error. (The prediction is replaced: these happen before or around it.)"""
     import totalseg.api
 
@@ -214,7 +214,7 @@ def test_notices_and_debug(use_home, tmp_path, capsys, monkeypatch):
         main(args)
     err = capsys.readouterr().err
     assert "--v1_order applies to task total only" in err
-    assert "-cp/--crop_path has no effect" in err and "-nr/--nr_thr_resamp has no effect" in err
+    assert "-cp/--crop_path has no effect" in err
     assert f"Error during prediction for input: {CT}, task: body" in err
     assert list(tmp_path.iterdir()) == []
 

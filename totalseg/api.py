@@ -227,14 +227,22 @@ def _v1_classes(v1_order: bool, task: str, types: list[str], ml: bool, output, s
     return class_map("total_v1")
 
 
-def _notices(say, crop_path, nr_thr_resamp) -> None:
+def _notices(say, crop_path) -> None:
     """Official options accepted without effect here: said, never silently ignored."""
     if crop_path is not None:
         say("NOTE: -cp/--crop_path has no effect (a legacy option of the official tool; crops are computed in "
             "memory)")
-    if nr_thr_resamp != 1:
-        say("NOTE: -nr/--nr_thr_resamp has no effect: resampling runs in one thread (as the official's does "
-            "for 3D images)")
+
+
+def _resample_threads(nr_thr_resamp: int | None) -> int:
+    """Threads for resampling: ``nr_thr_resamp``, or every core this process may use (same values either way)."""
+    from totalseg.predictor import default_threads
+
+    if nr_thr_resamp is None:
+        return default_threads()
+    if int(nr_thr_resamp) < 1:
+        raise UserError(f"--nr_thr_resamp must be 1 or more (got {nr_thr_resamp})")
+    return int(nr_thr_resamp)
 
 
 def _warn(say, lines: list[str], kept: list[str]) -> None:
@@ -272,7 +280,7 @@ def _run_segment(image, plan, say, predictor, device, engine, quiet, debug, inpu
         raise
 
 
-def totalsegmentator(input, output=None, ml: bool = False, nr_thr_resamp: int = 1, nr_thr_saving: int = 6,
+def totalsegmentator(input, output=None, ml: bool = False, nr_thr_resamp: int | None = None, nr_thr_saving: int = 6,
                      fast: bool = False, nora_tag: str = "None", preview: bool = False, task: str = "total",
                      roi_subset: Sequence[str] | None = None, statistics=False, radiomics: bool = False,
                      crop_path=None, body_seg: bool = False, force_split: bool = False,
@@ -313,6 +321,7 @@ def totalsegmentator(input, output=None, ml: bool = False, nr_thr_resamp: int = 
         engine = engine or os.environ.get("TOTALSEG_ENGINE") or "exact"
     if engine is not None and engine not in ENGINES:
         raise UserError(f"unknown engine '{engine}'; use exact or fast")
+    resample_threads = _resample_threads(nr_thr_resamp)
     if not 0 <= int(resampling_order) <= 5:
         raise UserError(f"--resampling_order must be 0..5 (got {resampling_order})")
     if stats_aggregation not in ("mean", "median"):
@@ -355,7 +364,7 @@ def totalsegmentator(input, output=None, ml: bool = False, nr_thr_resamp: int = 
     plan = plan_run(task_info, options)
     if save_lowres:
         _check_save_lowres(plan, fast, fastest, types, ml, no_derived_masks, radiomics)
-    _notices(say, crop_path, nr_thr_resamp)
+    _notices(say, crop_path)
     models = plan.models()
     if missing_models(models):  # installed first (verified, atomic); without network this fails here
         ensure_installed(models, source_from_environment(), quiet=quiet, say=say)
@@ -371,7 +380,7 @@ def totalsegmentator(input, output=None, ml: bool = False, nr_thr_resamp: int = 
     step = time.time()
     result, ran_on = _run_segment(image, plan, say, predictor, device, engine, quiet, debug, input, task,
                                   blobs_mm3=blobs_mm3, one_hot=bool(higher_order_resampling_LEGACY),
-                                  header_zooms=image.header.get_zooms()[:3])
+                                  header_zooms=image.header.get_zooms()[:3], resample_threads=resample_threads)
     tell(f"  predicted on {ran_on} in {time.time() - step:.2f}s")
     cut_off = cut_off_warning(result.labels, result.class_map)  # said where it matters: the statistics
     if statistics:

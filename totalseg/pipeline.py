@@ -92,18 +92,20 @@ def run_models(vol: Volume, step: ModelStep, labeller: Labeller, progress: Progr
 
 
 def predict(image: Volume, step: ModelStep, labeller: Labeller, progress: Progress = _quiet,
-            blobs_mm3: float | None = None, one_hot: Sequence[int] | None = None) -> Prediction:
+            blobs_mm3: float | None = None, one_hot: Sequence[int] | None = None,
+            resample_threads: int = 1) -> Prediction:
     """Run ``step`` on ``image`` (any orientation) and return labels on its own grid.
 
     ``one_hot`` (``--higher_order_resampling_LEGACY``): upsample these labels one-hot with order 1 (other
-    labels are dropped first) instead of nearest-neighbour."""
+    labels are dropped first) instead of nearest-neighbour. ``resample_threads``: threads for the
+    resampling to the model's grid and back (same values with any number)."""
     canon = to_canonical(image)
     spacing = step.resample
     if spacing is None:
         small = canon
     else:
         with timed(progress, f"resampled to {_mm(spacing)} mm"):
-            small = resample.to_spacing(canon, spacing, step.resampling_order)
+            small = resample.to_spacing(canon, spacing, step.resampling_order, threads=resample_threads)
     labels = run_models(small, step, labeller, progress, blobs_mm3)
     low = Volume(labels, small.affine)
     if spacing is None:
@@ -114,7 +116,7 @@ def predict(image: Volume, step: ModelStep, labeller: Labeller, progress: Progre
                 kept = np.where(np.isin(labels, list(one_hot)), labels, 0).astype(np.uint8)
                 back = Volume(postprocess.upsample_one_hot(kept, canon.shape), canon.affine)
             else:
-                back = resample.to_shape(low, canon.shape, canon.affine, order=0)
+                back = resample.to_shape(low, canon.shape, canon.affine, order=0, threads=resample_threads)
     out = from_canonical(back, image.affine).data
     return Prediction(np.ascontiguousarray(out), low, small)
 
@@ -132,14 +134,16 @@ def class_mask(labels: np.ndarray, source: Task, classes: Sequence[str] | None) 
     return np.isin(labels, ids)
 
 
-def _crop_box(image: Volume, plan: RunPlan, labeller: Labeller, progress: Progress, header_zooms):
+def _crop_box(image: Volume, plan: RunPlan, labeller: Labeller, progress: Progress, header_zooms,
+              resample_threads: int):
     """The crop box of ``plan`` on ``image`` (None: nothing to crop to) and the remove_outside mask."""
     crop = plan.crop
     progress("  finding the region to crop to")
     if isinstance(crop.source, RunPlan):
-        organs = segment(image, crop.source, labeller, progress, header_zooms=header_zooms).labels
+        organs = segment(image, crop.source, labeller, progress, header_zooms=header_zooms,
+                         resample_threads=resample_threads).labels
     else:
-        organs = predict(image, crop.source, labeller, progress).labels
+        organs = predict(image, crop.source, labeller, progress, resample_threads=resample_threads).labels
     box = cropping.mask_box(class_mask(organs, crop.source_task, crop.classes), image.zooms, crop.addon)
     keep = None if crop.keep is None or box is None else class_mask(organs, crop.source_task, crop.keep)
     return box, keep
@@ -155,26 +159,29 @@ def _usable_zooms(header_zooms, zooms: np.ndarray) -> np.ndarray:
 
 
 def segment(image: Volume, plan: RunPlan, labeller: Labeller, progress: Progress = _quiet,
-            blobs_mm3: float | None = None, one_hot: bool = False, header_zooms=None) -> Result:
+            blobs_mm3: float | None = None, one_hot: bool = False, header_zooms=None,
+            resample_threads: int = 1) -> Result:
     """Carry out ``plan`` on ``image``; labels come back on the image's own grid.
 
     ``blobs_mm3`` (``--remove_small_blobs``) and ``one_hot`` (``--higher_order_resampling_LEGACY``: the
     reported classes upsampled one-hot, order 1) apply to the main step only, as in the official tool.
     ``header_zooms``: the input header's pixdim (default: ``image.zooms``); the official tool sizes the
     vertebrae refinement and remove_outside on the input grid with them, everything else with the affine's
-    column lengths -- the two differ when a header's pixdim disagree with its sform (e.g. a sheared one)."""
+    column lengths -- the two differ when a header's pixdim disagree with its sform (e.g. a sheared one).
+    ``resample_threads``: threads for resampling (the labels do not depend on it)."""
     header_zooms = _usable_zooms(header_zooms, image.zooms)
     box, keep_mask = None, None
     if plan.crop is not None:
-        box, keep_mask = _crop_box(image, plan, labeller, progress, header_zooms)
+        box, keep_mask = _crop_box(image, plan, labeller, progress, header_zooms, resample_threads)
         if box is None:
             return Result(np.zeros(image.shape, dtype=np.uint8), plan.class_map)
     work = image if box is None else cropping.crop(image, box)
-    pred = predict(work, plan.main, labeller, progress, blobs_mm3, list(plan.class_map) if one_hot else None)
+    pred = predict(work, plan.main, labeller, progress, blobs_mm3, list(plan.class_map) if one_hot else None,
+                   resample_threads)
     labels = pred.labels if box is None else cropping.uncrop(pred.labels, box, image.shape)
     if plan.refine is not None:
         progress("  refining with the vertebral bodies")
-        bodies = predict(image, plan.refine, labeller, progress).labels
+        bodies = predict(image, plan.refine, labeller, progress, resample_threads=resample_threads).labels
         labels = postprocess.refine_vertebrae(labels, bodies, plan.task.classes, header_zooms)
     if plan.roi_subset:
         labels[~np.isin(labels, list(plan.class_map))] = 0

@@ -38,8 +38,8 @@ def parser() -> argparse.ArgumentParser:
       help="nifti, dicom_seg and/or dicom_rtstruct (dicom = dicom_rtstruct); DICOM outputs need DICOM input")
     a("--series_uid", help="DICOM input: the SeriesInstanceUID to segment (default: largest CT/MR series)")
     a("-ml", "--ml", action="store_true", help="write one multilabel file instead of one file per class")
-    a("-nr", "--nr_thr_resamp", type=int, default=1,
-      help="accepted for compatibility; no effect (resampling runs in one thread, a notice says so)")
+    a("-nr", "--nr_thr_resamp", type=int, default=None,
+      help="threads for resampling (default: all cores; the result is the same with any number)")
     a("-ns", "--nr_thr_saving", type=int, default=6, help="threads that write the per-class files (default 6)")
     a("-f", "--fast", action="store_true", help="3 mm model: faster, less accurate")
     a("-ff", "--fastest", action="store_true", help="6 mm model: fastest, least accurate")
