@@ -84,6 +84,10 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=50)
     ap.add_argument("--iterations", type=int, default=6, help="iterations per epoch")
     ap.add_argument("--batch_size", type=int, default=2)
+    ap.add_argument("--trainer", default="nnUNetTrainerShortNoDA",
+                    help="nnUNetTrainerShortNoDA (default: the testbed fits these two scans; no augmentation "
+                         "process competes for the cores) or nnUNetTrainerShortNoMirroring (the official "
+                         "models' augmentation)")
     ap.add_argument("--plans_from", type=Path, default=None, help="the official Dataset298 plans.json")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"])
     ap.add_argument("--dry-run", action="store_true", help="one epoch of two iterations")
@@ -110,7 +114,7 @@ def main() -> int:
         plan_and_preprocess(work, DATASET_ID, plans_from=official_plans(work, args.plans_from),
                             batch_size=args.batch_size, processes=2, say=print, quiet=True)
     t1 = time.time()
-    result = train(work, DATASET_ID, trainer="nnUNetTrainerShortNoMirroring", device=args.device,
+    result = train(work, DATASET_ID, trainer=args.trainer, device=args.device,
                    epochs=args.epochs, iterations=args.iterations, workers=1, resume=args.resume, say=print,
                    quiet=False)
     t2 = time.time()
@@ -123,7 +127,8 @@ def main() -> int:
          env=env)
     summary = (work / "eval" / "summary.csv").read_text().splitlines()
     overall = dict(zip(summary[0].split(","), summary[-1].split(",")))
-    results = {"epochs": args.epochs, "iterations_per_epoch": args.iterations, "device": args.device,
+    results = {"trainer": args.trainer, "epochs": args.epochs, "iterations_per_epoch": args.iterations,
+               "device": args.device,
                "prepare_s": round(t1 - t0, 1), "train_s": round(t2 - t1, 1),
                "dice_mean_of_classes": float(overall["dice_mean"]), "nsd_mean_of_classes": float(overall["nsd_mean"]),
                "classes_scored": int(overall["cases"])}

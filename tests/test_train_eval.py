@@ -329,14 +329,17 @@ def test_train_import_run_evaluate(trained):
 
 
 def test_finetune_from_installed_task(trained):
-    """A new dataset (two of the classes) starts from the installed task's checkpoint, with its plans."""
+    """A new dataset (two of the classes) starts from the installed task's checkpoint, with its plans (here with
+    the no-augmentation short trainer, nnU-Net's NoDA variant)."""
     src, work, env = trained["src"], trained["work"], trained["env"]
     r = _cli("totalseg.cli.dataset", "-i", src, "-o", work, "-d", 902, "-n", "SynthFt", "-c", "liver", "spleen",
              "-q", env=env)
     assert r.returncode == 0, r.stderr
-    r = _cli("totalseg.cli.train", "-w", work, "-d", 902, "-tr", "nnUNetTrainerShortNoMirroring", "--epochs", 1,
+    r = _cli("totalseg.cli.train", "-w", work, "-d", 902, "-tr", "nnUNetTrainerShortNoDA", "--epochs", 1,
              "--iterations", 1, "--workers", 0, "-np", 1, "--finetune", "synth_organs", "-q", env=env)
     assert r.returncode == 0, r.stderr
+    result = work / "nnUNet_results" / "Dataset902_SynthFt" / "nnUNetTrainerShortNoDA__nnUNetPlans__3d_fullres"
+    assert (result / "fold_0" / "checkpoint_final.pth").is_file()
     plans = json.loads((work / "nnUNet_preprocessed" / "Dataset902_SynthFt" / "nnUNetPlans.json").read_text())
     assert plans["dataset_name"] == "Dataset902_SynthFt"
     assert plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["features_per_stage"][0] == 4

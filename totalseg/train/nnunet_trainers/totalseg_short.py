@@ -7,6 +7,7 @@ import os
 
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoDA import nnUNetTrainerNoDA
 
 
 class nnUNetTrainerShort(nnUNetTrainer):
@@ -30,3 +31,9 @@ class nnUNetTrainerShortNoMirroring(nnUNetTrainerShort):
         rot, dummy_2d, patch, _ = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         self.inference_allowed_mirroring_axes = None
         return rot, dummy_2d, patch, None
+
+
+class nnUNetTrainerShortNoDA(nnUNetTrainerShort, nnUNetTrainerNoDA):
+    """The short trainer with nnU-Net's NoDA variant (no augmentation, no mirroring at inference): fitting a
+    few scans as quickly as a CPU allows (bench/train_fastest.py's testbed), no augmentation process
+    competing with the training for the cores."""
