@@ -2,6 +2,7 @@
 # Prepare the GPU benchmark (bench/gpu/run.sh) for the lent GPU machine. Run HERE, in the repo, with network.
 #
 #   bash bench/gpu/prepare.sh              fills .whl/ and .gpu_input/ (both git-ignored, both carried)
+#   bash bench/gpu/prepare.sh --train      also .gpu_input/train/ for bench/gpu/train.sh (training on the GPU)
 #   bash bench/gpu/prepare.sh --dry-run    also the extras of the CPU dry run here (bench/.venv-gpu-dry,
 #                                          Python 3.11 variants of the binary wheels in bench/work/gpu-dry/)
 #
@@ -23,7 +24,17 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$REPO"
 PY="${PYTHON:-python3}"
 DRY=0
-[ "${1:-}" = "--dry-run" ] && DRY=1
+TRAIN=0
+for arg in "$@"; do
+    case "$arg" in
+        --dry-run) DRY=1 ;;
+        --train) TRAIN=1 ;;
+        *) echo "prepare.sh: unknown option $arg (--dry-run, --train)" >&2; exit 2 ;;
+    esac
+done
+# --train: .gpu_input/train/ for bench/gpu/train.sh, the nnU-Net folders of dataset 998 from a train_fastest.py
+# work folder (its preparation steps ran there; 3 MiB).
+TRAIN_WORK="${TRAIN_WORK:-$REPO/bench/work/train_fastest_noda}"
 
 PLAT=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64
       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any)
@@ -106,6 +117,21 @@ if [ "$(cat .gpu_input/itkelastix_chest_ct.source_sha256 2>/dev/null)" != "$CT_S
 fi
 rm -rf .gpu_input/template
 "$PY" bench/gpu/gpu_bench.py make-template "$TEMPLATE_SRC" .gpu_input/template "${IDS[@]}"
+
+if [ "$TRAIN" = 1 ]; then
+    echo "prepare --train: .gpu_input/train/ from $TRAIN_WORK"
+    for d in nnUNet_raw nnUNet_preprocessed; do
+        [ -d "$TRAIN_WORK/$d/Dataset998_TotalFastestBench" ] || {
+            echo "prepare --train: $TRAIN_WORK/$d/Dataset998_TotalFastestBench missing: run bench/train_fastest.py --dry-run --work $TRAIN_WORK first" >&2
+            exit 1; }
+    done
+    rm -rf .gpu_input/train
+    mkdir -p .gpu_input/train/nnUNet_raw .gpu_input/train/nnUNet_preprocessed
+    cp -r "$TRAIN_WORK/nnUNet_raw/Dataset998_TotalFastestBench" .gpu_input/train/nnUNet_raw/
+    cp -r "$TRAIN_WORK/nnUNet_preprocessed/Dataset998_TotalFastestBench" .gpu_input/train/nnUNet_preprocessed/
+else
+    rm -rf .gpu_input/train  # only the training call carries it
+fi
 
 if [ "$DRY" = 1 ]; then
     DRYDIR="$REPO/bench/work/gpu-dry"
