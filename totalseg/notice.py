@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import sys
-from typing import Callable
+import time
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 Notice = Callable[[str], None]
 
@@ -13,3 +15,11 @@ def notice_printer(quiet: bool = False) -> Notice:
         if not quiet:
             print(message, file=sys.stderr, flush=True)
     return notice
+
+
+@contextmanager
+def timed(notice: Notice, done: str) -> Iterator[None]:
+    """Say ``done`` with the seconds the block took (as the official tool reports each stage)."""
+    start = time.perf_counter()
+    yield
+    notice(f"  {done} in {time.perf_counter() - start:.2f}s")

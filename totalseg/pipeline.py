@@ -6,16 +6,15 @@ over :class:`~totalseg.volume.Volume` values.
 """
 from __future__ import annotations
 
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
 from totalseg.assemble import crop as cropping
 from totalseg.assemble import postprocess, split
 from totalseg.assemble.merge import label_lut, paste_part
+from totalseg.notice import timed
 from totalseg.plan import REMOVE_OUTSIDE_MM, ModelStep, RunPlan
 from totalseg.prepare import resample
 from totalseg.prepare.orient import from_canonical, to_canonical
@@ -51,14 +50,6 @@ class Labeller(Protocol):
 
 def _quiet(_: str) -> None:
     pass
-
-
-@contextmanager
-def timed(progress: Progress, done: str) -> Iterator[None]:
-    """Say ``done`` with the seconds the block took (as the official tool reports each stage)."""
-    start = time.perf_counter()
-    yield
-    progress(f"  {done} in {time.perf_counter() - start:.2f}s")
 
 
 def run_models(vol: Volume, step: ModelStep, labeller: Labeller, progress: Progress = _quiet,

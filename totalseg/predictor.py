@@ -28,7 +28,7 @@ import numpy as np
 from totalseg import home
 from totalseg.device import select_device
 from totalseg.errors import UserError
-from totalseg.notice import notice_printer
+from totalseg.notice import notice_printer, timed
 from totalseg.registry import Model
 
 ENGINES = ("exact", "fast")
@@ -170,8 +170,6 @@ class Predictor:
                      step: float, progress: Callable[[str], None] = lambda _: None) -> np.ndarray:
         """Labels of ``model`` (its own label ids) on the canonical image ``data`` with voxel size ``spacing``."""
         from totalseg.predict import nnunet
-
-        from totalseg.pipeline import timed
 
         progress(f"  running {model.folder}")
         with timed(progress, "loaded"):

@@ -23,15 +23,8 @@
 # to tell arithmetic differences from cuDNN benchmark mode's run-to-run choice.
 # BENCH_DRY_INPUT (dry run only: another input image, e.g. example_ct_sm.nii.gz on a busy machine).
 # Exit status: 0 when every step and all four runs succeeded, 1 otherwise (it goes on past a failed run).
-set -uo pipefail
-export PYTHONUNBUFFERED=1
-START=$(date +%s)
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-cd "$REPO" || exit 1
-MODE=gpu
-[ "${1:-}" = "--dry-run" ] && MODE=dry
-OUTDIR="${OUT:-$REPO/bench/work/gpu}"
-mkdir -p "$OUTDIR"
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_setup gpu "$@"
 LOG="$OUTDIR/gpu_log.txt"
 
 step() { echo; echo "=== [$(( $(date +%s) - START )) s] $*"; }
@@ -60,7 +53,7 @@ main() {
         [ -x "$PY" ] || { echo "run.sh --dry-run: $PY missing: run bash bench/gpu/prepare.sh --dry-run" >&2; return 1; }
     fi
     local SITE="$BASE/site" SITE_OFF="$BASE/site-official" SITE_OURS="$BASE/site-ours" WORK="$BASE/gpu_bench_work"
-    local STUBS="$REPO/bench/gpu/stubs/official"
+    local STUBS="$REPO/bench/gpu/stubs/official:$REPO/bench/gpu/stubs/common"
 
     step "mode $MODE: $(date '+%F %T'), $(uname -n), $(nproc) CPUs, python $PY, budget $BUDGET s"
     [ -d .whl/official ] && [ -d .whl/ours ] || { echo "no .whl/official or .whl/ours: run bash bench/gpu/prepare.sh (and carry .whl)"; return 1; }
@@ -82,21 +75,13 @@ with lzma.open(sys.argv[1]) as src, gzip.open(sys.argv[2] + ".tmp", "wb", compre
     step "installing the wheels: shared -> $SITE, official -> $SITE_OFF, ours -> $SITE_OURS"
     rm -rf "$SITE" "$SITE_OFF" "$SITE_OURS" "$WORK"
     mkdir -p "$WORK"
-    local wheels=() w name alt
-    for w in .whl/*.whl; do
-        if [ "$MODE" = dry ]; then  # Python 3.11 here: the 3.11 variant of a cp312 wheel, where prepare.sh got one
-            name="$(basename "$w" | cut -d- -f1)"
-            alt="$(ls bench/work/gpu-dry/wheels/"$name"-*.whl 2>/dev/null | head -1)"
-            [ -n "$alt" ] && w="$alt"
-        fi
-        wheels+=("$w")
-    done
-    local PIP=("$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade)
-    "${PIP[@]}" --target "$SITE" "${wheels[@]}" || { echo "install of the shared wheels FAILED"; return 1; }
-    "${PIP[@]}" --target "$SITE_OFF" .whl/official/*.whl || { echo "install of TotalSegmentator FAILED"; return 1; }
+    local wheels=()
+    mapfile -t wheels < <(shared_wheels)
+    pip_target "$PY" "$SITE" "${wheels[@]}" || { echo "install of the shared wheels FAILED"; return 1; }
+    pip_target "$PY" "$SITE_OFF" .whl/official/*.whl || { echo "install of TotalSegmentator FAILED"; return 1; }
     local OURS_PP
     if [ "$(PYTHONPATH="$SITE" "$PY" bench/gpu/gpu_bench.py srchash "$REPO")" = "$(cat .whl/ours/SOURCE_SHA256 2>/dev/null)" ]; then
-        "${PIP[@]}" --target "$SITE_OURS" .whl/ours/*.whl || { echo "install of ours FAILED"; return 1; }
+        pip_target "$PY" "$SITE_OURS" .whl/ours/*.whl || { echo "install of ours FAILED"; return 1; }
         OURS_PP="$SITE_OURS:$SITE"
         echo "ours: the wheel (built from these very sources)"
     else
@@ -105,7 +90,7 @@ with lzma.open(sys.argv[1]) as src, gzip.open(sys.argv[2] + ".tmp", "wb", compre
     fi
     if [ "${BENCH_CUDNN_DETERMINISTIC:-0}" = 1 ]; then  # agreement check: cuDNN pinned in both tools' runs
         export BENCH_CUDNN_DETERMINISTIC
-        OURS_PP="$REPO/bench/gpu/stubs/ours:$OURS_PP"
+        OURS_PP="$REPO/bench/gpu/stubs/ours:$REPO/bench/gpu/stubs/common:$OURS_PP"
         echo "BENCH_CUDNN_DETERMINISTIC=1: cuDNN deterministic, benchmark mode off, in both tools (ours pins it by itself too)"
     fi
     # compile now, so that neither tool's measured run pays for compiling the modules it imports first

@@ -11,15 +11,8 @@
 # Knobs: BENCH_TRAIN_EPOCHS (default 100), BENCH_TRAIN_ITERATIONS (per epoch, default 50), BENCH_TRAIN_CAP_S
 # (timeout of the training, default 420 s: the weights of the last finished epoch come back if it is reached).
 # Back in $OUT (else bench/work/gpu-train/): weights_part*.bin (fp16), result_meta.tar.gz, train_log.txt.
-set -uo pipefail
-export PYTHONUNBUFFERED=1
-START=$(date +%s)
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-cd "$REPO" || exit 1
-MODE=gpu
-[ "${1:-}" = "--dry-run" ] && MODE=dry
-OUTDIR="${OUT:-$REPO/bench/work/gpu-train}"
-mkdir -p "$OUTDIR"
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_setup gpu-train "$@"
 
 main() {
     local PY DEVICE EPOCHS ITERS CAP BASE
@@ -34,18 +27,10 @@ main() {
     echo "=== train.sh ($MODE): $(date '+%F %T'), $(nproc) CPUs, $EPOCHS epochs x $ITERS iterations, cap $CAP s"
     [ -d .gpu_input/train/nnUNet_preprocessed ] || { echo "no .gpu_input/train: run bash bench/gpu/prepare.sh --train"; return 1; }
     command -v nvidia-smi >/dev/null && timeout 20 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-    local SITE="$BASE/site" SITE_OURS="$BASE/site-ours" WORK="$BASE/train_work" wheels=() w name alt
+    local SITE="$BASE/site" SITE_OURS="$BASE/site-ours" WORK="$BASE/train_work" wheels=()
     rm -rf "$SITE" "$SITE_OURS" "$WORK"
-    for w in .whl/*.whl; do
-        if [ "$MODE" = dry ]; then  # the Python 3.11 variant of a cp312 wheel (prepare.sh --dry-run fetched it)
-            name="$(basename "$w" | cut -d- -f1)"
-            alt="$(ls bench/work/gpu-dry/wheels/"$name"-*.whl 2>/dev/null | head -1)"
-            [ -n "$alt" ] && w="$alt"
-        fi
-        wheels+=("$w")
-    done
-    local PIP=("$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade)
-    "${PIP[@]}" --target "$SITE" "${wheels[@]}" && "${PIP[@]}" --target "$SITE_OURS" .whl/ours/*.whl \
+    mapfile -t wheels < <(shared_wheels)
+    pip_target "$PY" "$SITE" "${wheels[@]}" && pip_target "$PY" "$SITE_OURS" .whl/ours/*.whl \
         || { echo "installing the wheels FAILED"; return 1; }
     mkdir -p "$WORK" && cp -r .gpu_input/train/nnUNet_raw .gpu_input/train/nnUNet_preprocessed "$WORK/"
     # SimpleITK stub: nnU-Net imports it at module level; training reads the preprocessed .b2nd files only.

@@ -89,14 +89,10 @@ def _chain_next_sitecustomize():
             return
 
 
-def _pin_cudnn():  # BENCH_CUDNN_DETERMINISTIC=1 only: see ../common/cudnn_pin.py
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
-    try:
-        import cudnn_pin
-    finally:
-        del sys.path[0]
+try:  # ../common is on the runs' PYTHONPATH too; the pin acts with BENCH_CUDNN_DETERMINISTIC=1 only
+    import cudnn_pin
+except ImportError:
+    pass
+else:
     cudnn_pin.pin()
-
-
-_pin_cudnn()
 _chain_next_sitecustomize()
