@@ -1,36 +1,64 @@
-"""``totalsegmentator.map_to_binary`` of the official API, derived from totalseg's registry (JSON data;
-importing it loads no torch).
+"""The official ``totalsegmentator.map_to_binary`` names, computed on first use from totalseg's registry.
 
-``class_map``: every task's classes, plus the registry's class maps that belong to no task or model. The part
-tables (``map_taskid_to_partname_*``, ``class_map_*parts*``) come from the part models of the three multi-part
-tasks, named after their folders: ``Dataset291_TotalSegmentator_part1_organs_...`` is ``class_map_part_organs``.
+Nothing here is a hand-kept table: the registry (JSON data, no torch) holds every task's classes and the
+class maps that belong to no task; the part tables follow from the part models of the multi-part tasks,
+whose folder names say what each part holds (``..._part2_vertebrae_1532subj`` -> ``class_map_part_vertebrae``).
+Each name is built when it is first read and then kept in the module.
 """
 from __future__ import annotations
 
 import re
+from functools import lru_cache
+from typing import Callable
 
 from totalseg import registry
 
+_PART_FOLDER = re.compile(r"_part(?P<number>\d+)(?:_(?P<kind>[a-z]+))?_\d+subj$")
 
-def _part_name(task: str, model_id: int) -> str:
-    """``class_map_part_<what>`` of a part model; parts whose folder names no kind (``..._part1_492subj`` of
-    headneck_muscles) are numbered after the task's last word (``muscles_1``)."""
-    found = re.search(r"_part(\d+)(?:_([a-z]+))?_\d+subj$", registry.get_model(model_id).folder)
-    if found is None:
+
+def _part_key(task: str, model_id: int) -> str:
+    match = _PART_FOLDER.search(registry.get_model(model_id).folder)
+    if match is None:
         raise ValueError(f"model {model_id} of {task} is not a numbered part")
-    number, kind = found.groups()
-    return f"class_map_part_{kind or task.rsplit('_', 1)[-1] + '_' + number}"
+    # Parts whose folder names no kind (headneck_muscles) take the task's last word and their number.
+    what = match["kind"] or f"{task.rsplit('_', 1)[-1]}_{match['number']}"
+    return "class_map_part_" + what
 
 
-def _part_tables(task: str) -> tuple[dict[int, str], dict[str, dict[int, str]]]:
-    """(model id -> part name, part name -> the part model's own labels) for a multi-part task."""
-    ids = registry.get_task(task).modes["default"].models
-    names = {model_id: _part_name(task, model_id) for model_id in ids}
-    return names, {names[model_id]: dict(registry.get_model(model_id).classes) for model_id in ids}
+@lru_cache(maxsize=None)
+def _parts_of(task: str) -> tuple[dict[int, str], dict[str, dict[int, str]]]:
+    """For a multi-part task: model id -> part key, and part key -> that model's own labels (1..n)."""
+    keys, labels = {}, {}
+    for model_id in registry.get_task(task).modes["default"].models:
+        key = _part_key(task, model_id)
+        keys[model_id] = key
+        labels[key] = dict(registry.get_model(model_id).classes)
+    return keys, labels
 
 
-class_map = {name: dict(registry.get_task(name).classes) for name in registry.task_names()}
-class_map.update({name: registry.class_map(name) for name in registry.standalone_class_maps()})
-map_taskid_to_partname_ct, class_map_5_parts = _part_tables("total")
-map_taskid_to_partname_mr, class_map_parts_mr = _part_tables("total_mr")
-map_taskid_to_partname_headneck_muscles, class_map_parts_headneck_muscles = _part_tables("headneck_muscles")
+def _every_class_map() -> dict[str, dict[int, str]]:
+    maps = {name: dict(registry.get_task(name).classes) for name in registry.task_names()}
+    for name in registry.standalone_class_maps():
+        maps[name] = registry.class_map(name)
+    return maps
+
+
+_BUILDERS: dict[str, Callable[[], dict]] = {"class_map": _every_class_map}
+for _suffix, _task, _labels_name in (("ct", "total", "class_map_5_parts"),
+                                     ("mr", "total_mr", "class_map_parts_mr"),
+                                     ("headneck_muscles", "headneck_muscles", "class_map_parts_headneck_muscles")):
+    _BUILDERS[f"map_taskid_to_partname_{_suffix}"] = lambda task=_task: _parts_of(task)[0]
+    _BUILDERS[_labels_name] = lambda task=_task: _parts_of(task)[1]
+
+__all__ = list(_BUILDERS)
+
+
+def __getattr__(name: str):
+    if name not in _BUILDERS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = globals()[name] = _BUILDERS[name]()
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_BUILDERS))
