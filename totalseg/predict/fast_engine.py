@@ -13,7 +13,6 @@ and OpenVINO's own CACHE_DIR keeps the compiled blobs. OpenVINO's usage telemetr
 from __future__ import annotations
 
 import functools
-import glob
 import hashlib
 import os
 import re
@@ -234,18 +233,6 @@ def _remove_stale_temporaries(folder: Path) -> None:
             pass
 
 
-def _remove_superseded(xml: Path) -> None:
-    """Delete the cached IRs of the same network as ``xml`` (same release, patch, channels and weights)
-    cut at another place: those of "net" once the trunk is cached (each as large as the weights)."""
-    if not xml.is_file():
-        return
-    prefix, _, rest = xml.name.rpartition("_")
-    digest = rest.partition("-")[2]
-    for other in xml.parent.glob(f"{glob.escape(prefix)}_*-{glob.escape(digest)}"):
-        if other != xml:
-            _remove_ir(other)
-
-
 def _save_ir(ov, model, xml: Path) -> None:
     """Save the IR in a temporary folder beside ``xml`` and move it into place, .bin first: an .xml
     is only ever present with its complete .bin. (write_atomic moves one file and turns failures into
@@ -302,9 +289,13 @@ class FastNetwork:
         self._threads = int(threads or torch.get_num_threads())
         trunk, self.head = split_head(net)
         cache = _writable_folder(Path(cache_dir)) if cache_dir is not None else None
-        self.ir_path = None if cache is None else cache / ir_name(
-            self._ov.__version__, self._patch, in_channels, network_hash(net),
-            "net" if self.head is None else "trunk")
+        self.ir_path = self._whole_ir = None  # _whole_ir: what earlier releases cached for this network
+        if cache is not None:
+            digest = network_hash(net)  # hashes every weight: once
+            names = {part: ir_name(self._ov.__version__, self._patch, in_channels, digest, part)
+                     for part in ("net", "trunk")}
+            self.ir_path = cache / names["net" if self.head is None else "trunk"]
+            self._whole_ir = None if self.head is None else cache / names["net"]
         compiled_dir = None if cache is None else _writable_folder(cache / "compiled")
         self._compiled = self._load(trunk, requested, compiled_dir)
         hint = self._compiled.get_property("INFERENCE_PRECISION_HINT")
@@ -339,7 +330,8 @@ class FastNetwork:
         model = _convert(self._ov, net, self._patch, in_channels)
         if self.ir_path is not None:
             _save_ir(self._ov, model, self.ir_path)
-            _remove_superseded(self.ir_path)
+            if self._whole_ir is not None and self.ir_path.is_file():  # superseded by the trunk: ~weights' size
+                _remove_ir(self._whole_ir)
         return self._compile(model, precision, compiled_dir)
 
     def __call__(self, tile):
