@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Train the official 6 mm (``--fastest``) architecture on the real reference scans, on the CPU.
 
-    python3 bench/train_fastest.py --work DIR [--epochs 50] [--iterations 6] [--plans_from PLANS.json]
-        [--device cpu] [--dry-run]
+    python3 bench/train_fastest.py --work DIR [--epochs 50] [--iterations 6] [--batch_size 2]
+        [--patch_size 80 80 80] [--trainer nnUNetTrainerShortNoDA] [--plans_from PLANS.json] [--device cpu]
+        [--resume] [--dry-run]
 
 The four steps a user types, as functions: the reference CTs with the official models' masks
 (``shared/data/totalseg_reference``: example_ct with example_seg_fast_force_split, example_ct_sm with
@@ -14,11 +15,11 @@ Dataset298 architecture, written by bench/make_random_weights.py's ``official_co
 ``totalseg_evaluate`` scores them against the official masks. Results: DIR/results.json and DIR/eval/.
 
 The scans are also the training data: this is a fit-to-data testbed (a network with realistic logit
-margins for the fast engine's agreement checks), not a generalisation benchmark. ``--dry-run`` trains
-one epoch of two iterations to check the whole path: 6.5 min on 2 shared cores (load ~8) on 2026-11-29:
-preparation 119 s, training 155 s (an epoch of 2 + 1 validation iterations: 95 s), Dice 0.001 / NSD 0.005
-over the 62 classes present (untrained, as expected). The default run (300 iterations) is not recorded
-here: on that machine it would take hours; on an unloaded CPU or a GPU (``--device cuda``) far less.
+margins for the fast engine's agreement checks), not a generalisation benchmark. On a CPU, train with
+``--batch_size 1 --patch_size 64 64 64`` (the scans are at most 56x50x61 voxels at 6 mm; the official
+batch of two 80³ patches costs 16-19 s an iteration on 2 cores, this 4-5 s). A run is stopped at any epoch
+boundary and finished with ``--resume --epochs N`` (N: the epochs done): nnU-Net then writes the final
+checkpoint without training further, and the import, segmentation and evaluation follow. Figures: bench/README.md.
 """
 from __future__ import annotations
 
@@ -72,6 +73,16 @@ def official_plans(out: Path, plans_from: Path | None) -> Path:
     return path
 
 
+def _epochs_trained(checkpoint: Path) -> tuple[int, float]:
+    """Epochs in a final checkpoint and their seconds, from nnU-Net's own log in it (all resumed runs)."""
+    import torch
+
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    log = ckpt.get("logging", {})
+    spans = zip(log.get("epoch_start_timestamps", []), log.get("epoch_end_timestamps", []))
+    return int(ckpt["current_epoch"]), sum(end - start for start, end in spans)
+
+
 def _cli(module: str, *args, env: dict) -> None:
     r = subprocess.run([sys.executable, "-m", module, *map(str, args)], env=env, cwd=ROOT)
     if r.returncode:
@@ -83,7 +94,10 @@ def main() -> int:
     ap.add_argument("--work", type=Path, required=True, help="work folder (dataset, nnU-Net folders, home, eval)")
     ap.add_argument("--epochs", type=int, default=50)
     ap.add_argument("--iterations", type=int, default=6, help="iterations per epoch")
-    ap.add_argument("--batch_size", type=int, default=2)
+    ap.add_argument("--batch_size", type=int, default=2, help="the official plans' 2 (default); 1 on a CPU")
+    ap.add_argument("--patch_size", type=int, nargs=3, default=None, metavar="SIZE",
+                    help="training patch (default: the official 80 80 80); 64 64 64 covers the 6 mm scans "
+                         "here (56x50x61 voxels at most) in 2x fewer voxels")
     ap.add_argument("--trainer", default="nnUNetTrainerShortNoDA",
                     help="nnUNetTrainerShortNoDA (default: the testbed fits these two scans; no augmentation "
                          "process competes for the cores) or nnUNetTrainerShortNoMirroring (the official "
@@ -112,7 +126,8 @@ def main() -> int:
         convert_dataset(work / "dataset", work / "nnUNet_raw", DATASET_ID, "TotalFastestBench", classes,
                         meta=work / "dataset" / "meta.csv", say=print)
         plan_and_preprocess(work, DATASET_ID, plans_from=official_plans(work, args.plans_from),
-                            batch_size=args.batch_size, processes=2, say=print, quiet=True)
+                            batch_size=args.batch_size, patch_size=args.patch_size, processes=2, say=print,
+                            quiet=True)
     t1 = time.time()
     result = train(work, DATASET_ID, trainer=args.trainer, device=args.device,
                    epochs=args.epochs, iterations=args.iterations, workers=1, resume=args.resume, say=print,
@@ -127,9 +142,12 @@ def main() -> int:
          env=env)
     summary = (work / "eval" / "summary.csv").read_text().splitlines()
     overall = dict(zip(summary[0].split(","), summary[-1].split(",")))
-    results = {"trainer": args.trainer, "epochs": args.epochs, "iterations_per_epoch": args.iterations,
-               "device": args.device,
-               "prepare_s": round(t1 - t0, 1), "train_s": round(t2 - t1, 1),
+    conf = json.loads((result / "plans.json").read_text())["configurations"]["3d_fullres"]
+    epochs_done, epoch_s = _epochs_trained(result / "fold_0" / "checkpoint_final.pth")
+    results = {"trainer": args.trainer, "epochs": epochs_done, "iterations_per_epoch": args.iterations,
+               "device": args.device, "batch_size": conf["batch_size"], "patch_size": conf["patch_size"],
+               "prepare_s": round(t1 - t0, 1), "train_s_this_call": round(t2 - t1, 1),
+               "epochs_s_all_calls": round(epoch_s, 1),
                "dice_mean_of_classes": float(overall["dice_mean"]), "nsd_mean_of_classes": float(overall["nsd_mean"]),
                "classes_scored": int(overall["cases"])}
     (work / "results.json").write_text(json.dumps(results, indent=1) + "\n")

@@ -121,3 +121,21 @@ def test_streamed_labels_equal_whole_volume_argmax(tmp_path, monkeypatch, lean):
     assert streamed.dtype == np.uint16 and streamed.shape == data.shape[1:]
     assert np.array_equal(streamed, whole.argmax(0).numpy())
     assert len(np.unique(streamed)) > 1
+
+
+@pytest.mark.parametrize("folds", [1, 2])
+def test_logits_overflowing_fp16_are_refused(tmp_path, folds):
+    """nnU-Net refuses infinite sums; so do both paths (the streamed window, checked head by head without
+    copying it, and the whole-volume sums of an ensemble), with a one-line error instead of labels."""
+    import numpy as np
+
+    from totalseg.errors import UserError
+    from totalseg.predict.sliding_window import predict_labels
+
+    net = _net(5)
+    with torch.no_grad():  # one class's logit far beyond fp16's 65504 once weighted and summed
+        net.decoder.seg_layers[-1].bias[3] = 1e6
+    data = np.random.default_rng(2).normal(size=(1, 70, 37, 45)).astype(np.float32)
+    runner = Runner([net] * folds, checks=KernelChecks(tmp_path / CHECKS))
+    with pytest.raises(UserError, match="infinite values"):
+        predict_labels(runner, data, (32, 40, 32), 0.5, 5, np.uint8)

@@ -271,6 +271,73 @@ def test_import_result_folder_without_nnunet(tmp_path):
     assert r.returncode == 0 and "thorax_copy" in r.stdout + r.stderr
 
 
+def _plans_298(tmp_path: Path) -> Path:
+    """A copy of the 6 mm model's plans (legacy flat format: pool_op_kernel_sizes, 5 stages)."""
+    from conftest import DATA
+
+    src = next((DATA / "fake_weights_tiny" / "nnunet" / "results").glob("Dataset298_*/*/plans.json"))
+    path = tmp_path / "nnUNetPlans.json"
+    path.write_text(src.read_text())
+    return path
+
+
+def test_edit_plans_sets_the_training_patch_and_batch_only(tmp_path):
+    from totalseg.train.train import edit_plans
+
+    path = _plans_298(tmp_path)
+    before = json.loads(path.read_text())["configurations"]["3d_fullres"]
+    edit_plans(path, "3d_fullres", batch_size=1, patch_size=[64, 48, 32])
+    after = json.loads(path.read_text())["configurations"]["3d_fullres"]
+    assert after["patch_size"] == [64, 48, 32] and after["batch_size"] == 1
+    assert {k: v for k, v in after.items() if k not in ("patch_size", "batch_size")} == \
+        {k: v for k, v in before.items() if k not in ("patch_size", "batch_size")}
+    strides = before["pool_op_kernel_sizes"]
+    total = math.prod(s[2] for s in strides)
+    assert total >= 2
+    for bad in ([64, 48, total + 1], [64, 48], [0, 48, 32]):
+        with pytest.raises(UserError, match="patch_size") as err:
+            edit_plans(path, "3d_fullres", patch_size=bad)
+        assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match="batch_size"):
+        edit_plans(path, "3d_fullres", batch_size=0)
+    assert json.loads(path.read_text())["configurations"]["3d_fullres"] == after  # refused edits change nothing
+
+
+def test_edit_plans_reads_the_strides_of_the_architecture_format(tmp_path):
+    from totalseg.train.train import edit_plans
+
+    path = tmp_path / "plans.json"
+    conf = {"patch_size": [32, 32, 32], "batch_size": 2,
+            "architecture": {"arch_kwargs": {"strides": [[1, 1, 1], [2, 2, 2], [2, 2, 1]]}}}
+    path.write_text(json.dumps({"configurations": {"3d_fullres": conf}}))
+    edit_plans(path, "3d_fullres", patch_size=[8, 12, 6])  # total stride 4 x 4 x 2
+    assert json.loads(path.read_text())["configurations"]["3d_fullres"]["patch_size"] == [8, 12, 6]
+    with pytest.raises(UserError, match="4x4x2"):
+        edit_plans(path, "3d_fullres", patch_size=[8, 12, 5])
+
+
+def test_train_cli_applies_or_refuses_plan_edits_without_preprocessing(tmp_path, capsys):
+    """--skip_preprocess keeps the preprocessed data: training-only edits change its plans in place (an option
+    never silently ignored); --plans_from, which would change the preprocessing, is refused."""
+    from totalseg.cli.train import main
+
+    work = tmp_path / "work"
+    (work / "nnUNet_raw" / "Dataset950_X").mkdir(parents=True)
+    pre = work / "nnUNet_preprocessed" / "Dataset950_X"
+    pre.mkdir(parents=True)
+    plans = _plans_298(pre)
+    before = plans.read_text()
+    for extra, message in ((["--patch_size", "30", "32", "32"], "patch_size"),
+                           (["--plans_from", str(plans)], "--plans_from")):
+        assert main(["-w", str(work), "-d", "950", "--skip_preprocess", *extra]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0]
+        assert plans.read_text() == before
+    (pre / "nnUNetPlans.json").unlink()
+    assert main(["-w", str(work), "-d", "950", "--skip_preprocess", "--batch_size", "1"]) == 1
+    assert "preprocess first" in capsys.readouterr().err
+
+
 # --- end to end: convert -> nnU-Net -> home -> TotalSegmentator -> evaluate ----------------------------------
 
 def _cli(module: str, *args, env=None) -> subprocess.CompletedProcess:

@@ -32,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     a("--plans_from", type=Path, default=None, help="adopt this plans.json (e.g. an official model's)")
     a("--max_features", type=int, default=None, help="cap the features per stage (small test networks)")
     a("--batch_size", type=int, default=None, help="override the planned batch size")
+    a("--patch_size", type=int, nargs="+", default=None, metavar="SIZE",
+      help="override the planned patch size (one size per axis, in the plans' axis order)")
     a("--epochs", type=int, default=None, help="epochs of the nnUNetTrainerShort* trainers")
     a("--iterations", type=int, default=None, help="iterations per epoch of the nnUNetTrainerShort* trainers")
     a("--workers", type=int, default=None, help="data augmentation processes (default: nnU-Net's)")
@@ -52,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args) -> int:
     from totalseg.errors import UserError
     from totalseg.train import import_result, plan_and_preprocess, pretrained_from, train
+    from totalseg.train.train import edit_plans, preprocessed_plans
 
     say = progress(args.quiet)
     plans_from, pretrained = args.plans_from, None
@@ -60,10 +63,14 @@ def _run(args) -> int:
     if args.finetune:
         plans_from, pretrained = pretrained_from(args.finetune, args.configuration)
         say(f"Fine-tuning from {pretrained}")
+    edits = {"max_features": args.max_features, "batch_size": args.batch_size, "patch_size": args.patch_size}
     if not args.skip_preprocess:
         plan_and_preprocess(args.work, args.dataset_id, configuration=args.configuration, plans_name=args.plans,
-                            plans_from=plans_from, max_features=args.max_features, batch_size=args.batch_size,
-                            processes=args.processes, say=say, quiet=args.quiet)
+                            plans_from=plans_from, processes=args.processes, say=say, quiet=args.quiet, **edits)
+    elif args.plans_from:
+        raise UserError("--plans_from changes the preprocessing: leave out --skip_preprocess")
+    elif any(v is not None for v in edits.values()):  # they change the training only: applied in place
+        edit_plans(preprocessed_plans(args.work, args.dataset_id, args.plans), args.configuration, **edits)
     result = train(args.work, args.dataset_id, configuration=args.configuration, trainer=args.trainer,
                    plans_name=args.plans, fold=args.fold, device=args.device, pretrained=pretrained,
                    epochs=args.epochs, iterations=args.iterations, workers=args.workers, resume=args.resume,

@@ -186,13 +186,16 @@ def weighted_outputs(net, volume, tiles, weight, workers: int = 1, checks: Kerne
 
 
 def check_finite(logits) -> None:
-    """nnU-Net's refusal of infinite logits (fp16 overflow), in one pass over the values."""
+    """nnU-Net's refusal of infinite logits (fp16 overflow), in one pass over the values.
+
+    Head by head: each head of a first-axis window of the sums is contiguous, while the window itself
+    is not, and ``aminmax`` of a strided tensor first copies it whole (~370 MB for a chest CT at 1.5 mm)."""
     import torch
 
     from totalseg.errors import UserError
 
-    low, high = torch.aminmax(logits)
-    if to_host(torch.isinf(torch.stack([low, high])).any()):
+    bounds = torch.stack([torch.stack(torch.aminmax(head)) for head in logits])
+    if to_host(torch.isinf(bounds).any()):
         raise UserError("the network produced infinite values (fp16 overflow); the weights may be corrupt")
 
 
@@ -287,6 +290,9 @@ def _logits(runner: Runner, data, patch, step: float, num_heads: int, results: s
     return total[(slice(None), *keep)]
 
 
+ARGMAX_SLICES = 16  # first-axis slices turned into labels at once (the same labels at any number)
+
+
 def predict_labels(runner: Runner, data: np.ndarray, patch, step: float, num_heads: int, dtype) -> np.ndarray:
     """``argmax`` of :func:`predict_logits` as ``dtype``, holding fp16 sums for one patch depth only.
 
@@ -320,7 +326,8 @@ def _streamed_labels(runner: Runner, data, patch, step: float, num_heads: int, d
         values = logits[:, :n]
         values /= norm[:n]  # these slices are final: divide in place
         check_finite(values)
-        labels[base:base + n] = to_host(values.argmax(0))
+        for s in range(0, n, ARGMAX_SLICES):  # argmax's int64 output, a slab at a time
+            labels[base + s:base + min(s + ARGMAX_SLICES, n)] = to_host(values[:, s:s + ARGMAX_SLICES].argmax(0))
         del values
         # Slide in pieces of at most n slices, so no piece overlaps its own source.
         for start in range(0, depth - n, n):

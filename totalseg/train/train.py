@@ -84,8 +84,9 @@ def run_nnunet(step: str, args: list[str], work: Path, *, workers: int | None = 
 
 
 def edit_plans(path: Path, configuration: str, max_features: int | None = None,
-               batch_size: int | None = None) -> None:
-    """Shrink a configuration of a plans file in place: cap the features per stage, set the batch size."""
+               batch_size: int | None = None, patch_size: list[int] | None = None) -> None:
+    """Change the training of a configuration in place, not its preprocessing: cap the features per stage,
+    set the batch size, set the patch size (each axis a multiple of the network's total stride)."""
     plans = json.loads(path.read_text())
     conf = plans["configurations"][configuration]
     if max_features is not None and "architecture" in conf:
@@ -95,8 +96,28 @@ def edit_plans(path: Path, configuration: str, max_features: int | None = None,
         conf["unet_max_num_features"] = min(int(conf["unet_max_num_features"]), max_features)
         conf["UNet_base_num_features"] = min(int(conf["UNet_base_num_features"]), max_features)
     if batch_size is not None:
+        if batch_size < 1:
+            raise UserError(f"--batch_size must be at least 1 (got {batch_size})")
         conf["batch_size"] = int(batch_size)
+    if patch_size is not None:
+        conf["patch_size"] = _valid_patch(conf, patch_size)
     write_atomic(path, lambda tmp: tmp.write_text(json.dumps(plans, indent=1)))
+
+
+def _valid_patch(conf: dict, patch_size: list[int]) -> list[int]:
+    """``patch_size`` if the network can take it: one size per axis, each a positive multiple of the
+    product of the pooling strides along it (a smaller one would not survive the encoder's downsampling)."""
+    arch = conf.get("architecture")
+    strides = arch["arch_kwargs"]["strides"] if arch else conf["pool_op_kernel_sizes"]
+    ndim = len(conf["patch_size"])
+    total = [1] * ndim
+    for stride in strides:
+        total = [t * int(s) for t, s in zip(total, stride if isinstance(stride, (list, tuple)) else [stride] * ndim)]
+    patch = [int(p) for p in patch_size]
+    if len(patch) != ndim or any(p < 1 or p % t for p, t in zip(patch, total)):
+        raise UserError(f"--patch_size needs {ndim} sizes, each a positive multiple of the network's total "
+                        f"stride {'x'.join(map(str, total))} (got {'x'.join(map(str, patch))})")
+    return patch
 
 
 def adopt_plans(source: Path, target_dir: Path, dataset_name: str, plans_name: str) -> Path:
@@ -116,9 +137,11 @@ def _check_configuration(plans: Path, configuration: str) -> None:
 
 def plan_and_preprocess(work: Path, dataset_id: int, *, configuration: str = "3d_fullres",
                         plans_name: str = "nnUNetPlans", plans_from: Path | None = None,
-                        max_features: int | None = None, batch_size: int | None = None, processes: int = 2,
+                        max_features: int | None = None, batch_size: int | None = None,
+                        patch_size: list[int] | None = None, processes: int = 2,
                         say: Say = lambda m: None, quiet: bool = False) -> Path:
-    """Fingerprint, plan (or adopt ``plans_from``, a model's plans.json), preprocess; return the plans file."""
+    """Fingerprint, plan (or adopt ``plans_from``, a model's plans.json), preprocess; return the plans file.
+    ``max_features``, ``batch_size``, ``patch_size``: see :func:`edit_plans`."""
     require_nnunet()
     raw = dataset_folder(folders(work)["nnUNet_raw"], dataset_id)
     pre = folders(work)["nnUNet_preprocessed"] / raw.name
@@ -136,10 +159,19 @@ def plan_and_preprocess(work: Path, dataset_id: int, *, configuration: str = "3d
                    work, say=say, quiet=quiet)
         plans = pre / f"{plans_name}.json"
         _check_configuration(plans, configuration)
-    if max_features is not None or batch_size is not None:  # the network only: preprocessing is unaffected
-        edit_plans(plans, configuration, max_features, batch_size)
+    if (max_features, batch_size, patch_size) != (None, None, None):  # training only: not the preprocessing
+        edit_plans(plans, configuration, max_features, batch_size, patch_size)
     if (raw / "splits_final.json").is_file():  # the paper's train/val split instead of nnU-Net's 5 folds
         shutil.copyfile(raw / "splits_final.json", pre / "splits_final.json")
+    return plans
+
+
+def preprocessed_plans(work: Path, dataset_id: int, plans_name: str = "nnUNetPlans") -> Path:
+    """The plans file of an already preprocessed dataset."""
+    raw = dataset_folder(folders(work)["nnUNet_raw"], dataset_id)
+    plans = folders(work)["nnUNet_preprocessed"] / raw.name / f"{plans_name}.json"
+    if not plans.is_file():
+        raise UserError(f"{plans} does not exist: preprocess first (leave out --skip_preprocess)")
     return plans
 
 
