@@ -94,7 +94,7 @@ def main() -> int:
     ap.add_argument("--work", type=Path, required=True, help="work folder (dataset, nnU-Net folders, home, eval)")
     ap.add_argument("--epochs", type=int, default=50)
     ap.add_argument("--iterations", type=int, default=6, help="iterations per epoch")
-    ap.add_argument("--batch_size", type=int, default=2, help="the official plans' 2 (default); 1 on a CPU")
+    ap.add_argument("--batch_size", type=int, default=None, help="default: the official plans' 2; 1 on a CPU")
     ap.add_argument("--patch_size", type=int, nargs=3, default=None, metavar="SIZE",
                     help="training patch (default: the official 80 80 80); 64 64 64 covers the 6 mm scans "
                          "here (56x50x61 voxels at most) in 2x fewer voxels")
@@ -111,6 +111,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.dry_run:
         args.epochs, args.iterations = 1, 2
+    if args.resume and (args.batch_size, args.patch_size, args.plans_from) != (None, None, None):
+        ap.error("--batch_size, --patch_size and --plans_from are set when a run starts; a resumed run keeps them")
     import os
 
     from totalseg.registry import get_model
