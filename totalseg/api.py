@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -12,7 +13,7 @@ from totalseg.assemble.postprocess import body_masks, to_v1_order
 from totalseg.checks import cut_off_warning, image_warnings
 from totalseg.device import check_device
 from totalseg.errors import UserError
-from totalseg.notice import notice_printer
+from totalseg.notice import notice_printer, timed
 from totalseg.install import ensure_installed, missing_models, source_from_environment
 from totalseg.load.dicom import is_dicom_input, load_dicom, scan_dicom
 from totalseg.load.nifti import load_nifti
@@ -280,6 +281,128 @@ def _run_segment(image, plan, say, predictor, device, engine, quiet, debug, inpu
         raise
 
 
+@dataclass(frozen=True)
+class _Destination:
+    """Where a run's label outputs go, resolved before any work."""
+
+    output: Path | None  # the multilabel file (``ml``) or the per-class folder; None: nothing is written
+    ml: bool
+    types: list[str]
+    dicom_paths: dict[str, Path] | None  # with a DICOM output type: each type's path (see _dicom_output_paths)
+
+    @property
+    def folder(self) -> Path | None:
+        """The folder of the outputs, where the preview and statistics.json go."""
+        return None if self.output is None else (self.output.parent if self.ml else self.output)
+
+
+def _destination(output, ml: bool, types: list[str], skip_saving: bool, task: str) -> _Destination:
+    output = None if output is None else Path(output)
+    dicom_paths = None
+    if output is not None and types != ["nifti"]:
+        dicom_paths = _dicom_output_paths(types, output, task)
+        ml = True  # DICOM outputs are multilabel; -o now names files
+        output = dicom_paths.get("nifti", next(iter(dicom_paths.values())))
+    _check_output(None if skip_saving or (dicom_paths and "nifti" not in dicom_paths) else output, ml)
+    return _Destination(output, ml, types, dicom_paths)
+
+
+def _input_task(input, task: str, series_uid: str | None, types: list[str], say):
+    """``(task, series)``: the DICOM series' headers (None for other inputs) and the task to run, which
+    the series' modality may change (read before any weights are checked)."""
+    if isinstance(input, (str, Path)) and is_dicom_input(input):
+        series = scan_dicom(input, series_uid, warn=lambda m: say(f"WARNING: {m}"))
+        return _task_for_modality(task, series.modality, say), series
+    if series_uid:
+        raise UserError("--series_uid selects a series of a DICOM input; the input is not DICOM")
+    if types != ["nifti"]:
+        raise UserError("DICOM output (-ot dicom_seg/dicom_rtstruct) needs a DICOM input (a folder, zip or "
+                        "DICOM file); use -ot nifti for a NIfTI input")
+    return task, None
+
+
+def _check_run_options(roi_subset, device: str | None, engine: str | None, predictor, resampling_order,
+                       stats_aggregation: str) -> str | None:
+    """Refuse malformed options before any work; returns the engine (a predictor brings its own)."""
+    if roi_subset is not None and not isinstance(roi_subset, (list, tuple)):
+        raise UserError("roi_subset must be a list of class names")
+    if device is not None:
+        check_device(device)
+    if predictor is None:
+        engine = engine or os.environ.get("TOTALSEG_ENGINE") or "exact"
+    if engine is not None and engine not in ENGINES:
+        raise UserError(f"unknown engine '{engine}'; use exact or fast")
+    if not 0 <= int(resampling_order) <= 5:
+        raise UserError(f"--resampling_order must be 0..5 (got {resampling_order})")
+    if stats_aggregation not in ("mean", "median"):
+        raise UserError("--stats_aggregation must be mean or median")
+    return engine
+
+
+def _install_weights(plan, task_info, license_number: str | None, quiet: bool, say) -> None:
+    """The licence for a licensed task, then every planned model installed and present: fails before any work."""
+    if license_number:
+        config.check_license_format(license_number)
+        config.update_config({"license_number": license_number})
+    if task_info.licensed:
+        config.require_license(task_info.name)
+    models = plan.models()
+    if missing_models(models):  # installed first (verified, atomic); without network this fails here
+        ensure_installed(models, source_from_environment(), quiet=quiet, say=say)
+    for model in models:
+        model_folder(model)
+
+
+def _load_image(input, series, task_info, say, warned: list[str]):
+    """The input image; the reader's warnings, then the input checks', are said and kept in ``warned``."""
+    warn = lambda m: _warn(say, [m], warned)  # noqa: E731
+    image = load_dicom(input, warn=warn, series=series) if series is not None else load_nifti(input, warn=warn)
+    _warn(say, image_warnings(image.volume, task_info.modality, task_info.name), warned)  # never change outputs
+    return image
+
+
+def _statistics(result, image, lowres: bool, exclude_masks_at_border: bool, aggregation: str, extra: bool):
+    """Per-class statistics on the input grid, or with ``lowres`` on the model's grid (as the official
+    tool does for --fast; here also for --save_lowres)."""
+    if lowres and result.lowres is not None:
+        labels, img = result.lowres.lowres_labels, result.lowres.lowres_image
+        return compute_statistics(labels.data, img.data, img.zooms, result.class_map, exclude_masks_at_border,
+                                  aggregation, extra)
+    return compute_statistics(result.labels, image.volume.data, image.header.get_zooms()[:3], result.class_map,
+                              exclude_masks_at_border, aggregation, extra)
+
+
+def _statistics_path(statistics, dest: _Destination) -> Path | None:
+    """statistics.json beside the outputs, or the path given as ``statistics``."""
+    if isinstance(statistics, (str, Path)):
+        return Path(statistics)
+    return None if dest.folder is None else dest.folder / "statistics.json"
+
+
+def _v1_relabelled(labels, class_map: dict, v1_classes, roi_subset):
+    """The multilabel output's labels and classes: as segmented, or in the v1 order (``--v1_order``)."""
+    if v1_classes is None:
+        return labels, class_map
+    classes = {k: v for k, v in v1_classes.items() if not roi_subset or v in roi_subset}
+    return to_v1_order(labels, get_task("total").classes, v1_classes), classes
+
+
+def _save_labels(dest: _Destination, grid, class_map: dict, multilabel, image, body_classes: dict | None,
+                 threads: int, say) -> None:
+    """The label outputs: DICOM files, one multilabel NIfTI, or a mask per class (with the body task's
+    derived masks, given its ``body_classes``). ``grid``: (labels, affine, header); ``multilabel``: (labels,
+    classes)."""
+    labels, affine, header = grid
+    if dest.dicom_paths:
+        _save_dicom_outputs(labels, image, class_map, dest.dicom_paths, say)
+    elif dest.ml:
+        ml_labels, ml_classes = multilabel
+        save_multilabel(ml_labels, affine, header, ml_classes, dest.output)
+    else:
+        extra = None if body_classes is None else body_masks(labels, body_classes, image.volume.data)
+        save_per_class(labels, affine, header, class_map, dest.output, extra, threads=threads)
+
+
 def totalsegmentator(input, output=None, ml: bool = False, nr_thr_resamp: int | None = None, nr_thr_saving: int = 6,
                      fast: bool = False, nora_tag: str = "None", preview: bool = False, task: str = "total",
                      roi_subset: Sequence[str] | None = None, statistics=False, radiomics: bool = False,
@@ -306,76 +429,37 @@ def totalsegmentator(input, output=None, ml: bool = False, nr_thr_resamp: int | 
     started = time.time()
     say = notice_printer(quiet)
     tell = notice_printer(not verbose)  # -v: steps and timings
+    # Everything that can be refused is refused before any weights are installed or any image is read.
     _refuse_unsupported(task, save_probabilities=save_probabilities, test=test, nora_tag=nora_tag,
                         higher_order_resampling=higher_order_resampling, plans=plans, model_size=model_size,
                         statistics_normalized_intensities=statistics_normalized_intensities,
                         nr_thr_saving=nr_thr_saving)
     blobs_mm3 = _blob_size(remove_small_blobs)
-    if roi_subset is not None and not isinstance(roi_subset, (list, tuple)):
-        raise UserError("roi_subset must be a list of class names")
+    engine = _check_run_options(roi_subset, device, engine, predictor, resampling_order, stats_aggregation)
     if roi_subset_robust:
         roi_subset, robust_crop = roi_subset_robust, True
-    if device is not None:
-        check_device(device)
-    if predictor is None:
-        engine = engine or os.environ.get("TOTALSEG_ENGINE") or "exact"
-    if engine is not None and engine not in ENGINES:
-        raise UserError(f"unknown engine '{engine}'; use exact or fast")
     resample_threads = _resample_threads(nr_thr_resamp)
-    if not 0 <= int(resampling_order) <= 5:
-        raise UserError(f"--resampling_order must be 0..5 (got {resampling_order})")
-    if stats_aggregation not in ("mean", "median"):
-        raise UserError("--stats_aggregation must be mean or median")
     types = _output_types(output_type)
     if save_lowres and not (fast or fastest):
         raise UserError("save_lowres only works together with fast or fastest mode.")
-    dicom_in = isinstance(input, (str, Path)) and is_dicom_input(input)
-    series = None
-    if dicom_in:  # headers only: the modality may change the task before weights are checked
-        series = scan_dicom(input, series_uid, warn=lambda m: say(f"WARNING: {m}"))
-        task = _task_for_modality(task, series.modality, say)
-    elif series_uid:
-        raise UserError("--series_uid selects a series of a DICOM input; the input is not DICOM")
-    elif types != ["nifti"]:
-        raise UserError("DICOM output (-ot dicom_seg/dicom_rtstruct) needs a DICOM input (a folder, zip or "
-                        "DICOM file); use -ot nifti for a NIfTI input")
+    task, series = _input_task(input, task, series_uid, types, say)
     task_info = get_task(task)
-    output = None if output is None else Path(output)
-    report_output, report_ml = output, ml
-    dicom_paths = None
-    if output is not None and types != ["nifti"]:
-        dicom_paths = _dicom_output_paths(types, output, task)
-        ml = True  # DICOM outputs are multilabel; -o now names files
-        output = dicom_paths.get("nifti", next(iter(dicom_paths.values())))
-    _check_output(None if skip_saving or (dicom_paths and "nifti" not in dicom_paths) else output, ml)
-    _check_extras(output, ml, skip_saving, preview, radiomics)
-    v1_classes = _v1_classes(v1_order, task, types, ml, None if skip_saving else output, say)
+    dest = _destination(output, ml, types, skip_saving, task)
+    _check_extras(dest.output, dest.ml, skip_saving, preview, radiomics)
+    v1_classes = _v1_classes(v1_order, task, types, dest.ml, None if skip_saving else dest.output, say)
     if v1_classes is not None and roi_subset and higher_order_resampling_LEGACY:
         raise UserError("--higher_order_resampling_LEGACY with --v1_order and --roi_subset is not supported (the "
                         "official tool filters v2 labels by v1 ids there); drop one of them")
-    if license_number:
-        config.check_license_format(license_number)
-        config.update_config({"license_number": license_number})
-    if task_info.licensed:
-        config.require_license(task)
-    options = Options(fast=fast, fastest=fastest, roi_subset=tuple(roi_subset) if roi_subset else None,
-                      robust_crop=robust_crop, body_seg=body_seg, force_split=force_split,
-                      resampling_order=int(resampling_order))
-    plan = plan_run(task_info, options)
+    plan = plan_run(task_info, Options(fast=fast, fastest=fastest, roi_subset=tuple(roi_subset) if roi_subset else None,
+                                       robust_crop=robust_crop, body_seg=body_seg, force_split=force_split,
+                                       resampling_order=int(resampling_order)))
     if save_lowres:
-        _check_save_lowres(plan, fast, fastest, types, ml, no_derived_masks, radiomics)
+        _check_save_lowres(plan, fast, fastest, types, dest.ml, no_derived_masks, radiomics)
     _notices(say, crop_path)
-    models = plan.models()
-    if missing_models(models):  # installed first (verified, atomic); without network this fails here
-        ensure_installed(models, source_from_environment(), quiet=quiet, say=say)
-    for model in models:  # fail before any work if weights are missing
-        model_folder(model)
-    warned: list[str] = []  # for the run report: the reader's warnings, then the input checks'
-    if dicom_in:
-        image = load_dicom(input, warn=lambda m: _warn(say, [m], warned), series=series)
-    else:
-        image = load_nifti(input, warn=lambda m: _warn(say, [m], warned))
-    _warn(say, image_warnings(image.volume, task_info.modality, task), warned)  # they never change outputs
+    _install_weights(plan, task_info, license_number, quiet, say)
+
+    warned: list[str] = []  # for the run report
+    image = _load_image(input, series, task_info, say, warned)
     say(f"Predicting {task}{' (fast)' if fast else ''}{' (fastest)' if fastest else ''}...")
     step = time.time()
     result, ran_on = _run_segment(image, plan, say, predictor, device, engine, quiet, debug, input, task,
@@ -386,63 +470,37 @@ def totalsegmentator(input, output=None, ml: bool = False, nr_thr_resamp: int | 
     if statistics:
         _warn(say, cut_off, warned)
     else:
-        warned += cut_off
+        warned.extend(cut_off)
 
     stats = None
     if statistics:
-        step = time.time()
-        if (fast or save_lowres) and result.lowres is not None:  # the official: --fast only (and -sl here)
-            lab, img = result.lowres.lowres_labels, result.lowres.lowres_image
-            stats = compute_statistics(lab.data, img.data, img.zooms, result.class_map,
-                                       statistics_exclude_masks_at_border, stats_aggregation, statistics_extra)
-        else:
-            stats = compute_statistics(result.labels, image.volume.data, image.header.get_zooms()[:3],
-                                       result.class_map, statistics_exclude_masks_at_border,
-                                       stats_aggregation, statistics_extra)
-        tell(f"  statistics in {time.time() - step:.2f}s")
-
-    labels, affine, header = result.labels, image.volume.affine, image.header
-    if save_lowres:
-        labels, affine, header = _lowres_output(result, image)
-    out_labels, out_classes = labels, result.class_map
-    if v1_classes is not None:
-        out_labels = to_v1_order(labels, get_task("total").classes, v1_classes)
-        out_classes = {k: v for k, v in v1_classes.items() if not roi_subset or v in roi_subset}
-    if output is not None and not skip_saving:
-        step = time.time()
-        if dicom_paths:
-            _save_dicom_outputs(labels, image, result.class_map, dicom_paths, say)
-        elif ml:
-            save_multilabel(out_labels, affine, header, out_classes, output)
-        else:
-            extra = None
-            if task_info.postprocess == "body" and not no_derived_masks:
-                extra = body_masks(labels, task_info.classes, image.volume.data)
-            save_per_class(labels, affine, header, result.class_map, output, extra, threads=int(nr_thr_saving))
-        tell(f"  saved in {time.time() - step:.2f}s")
-    if output is not None and preview:
+        with timed(tell, "statistics"):
+            stats = _statistics(result, image, bool(fast or save_lowres), statistics_exclude_masks_at_border,
+                                stats_aggregation, statistics_extra)
+    grid = _lowres_output(result, image) if save_lowres else (result.labels, image.volume.affine, image.header)
+    multilabel = _v1_relabelled(grid[0], result.class_map, v1_classes, roi_subset)
+    if dest.output is not None and not skip_saving:
+        with timed(tell, "saved"):
+            derived = task_info.postprocess == "body" and not no_derived_masks
+            _save_labels(dest, grid, result.class_map, multilabel, image, task_info.classes if derived else None,
+                         int(nr_thr_saving), say)
+    if preview:  # _check_extras made sure there is an output folder
         from totalseg.write.preview import write_preview
 
-        out_dir = output.parent if ml else output
-        write_preview(result.labels, image.volume.affine, result.class_map, out_dir / f"preview_{task}.png")
+        write_preview(result.labels, image.volume.affine, result.class_map, dest.folder / f"preview_{task}.png")
     if radiomics:
-        _write_radiomics(input, image, output, say)
-    if stats is not None:
-        if isinstance(statistics, (str, Path)) and not isinstance(statistics, bool):
-            stats_path = Path(statistics)
-        elif output is not None:
-            stats_path = (output.parent if ml else output) / "statistics.json"
-        else:
-            stats_path = None
-        if stats_path is not None:
-            stats_path.parent.mkdir(parents=True, exist_ok=True)
-            write_statistics(stats, stats_path)
+        _write_radiomics(input, image, dest.output, say)
+    stats_path = None if stats is None else _statistics_path(statistics, dest)
+    if stats_path is not None:
+        stats_path.parent.mkdir(parents=True, exist_ok=True)
+        write_statistics(stats, stats_path)
     if report is not None:
         manifest = build_run_report(
-            input, report_output, task, task_info.modality, task_info.licensed, ran_on, fast, fastest, report_ml,
-            types[0] if len(types) == 1 else types, roi_subset, result.class_map, time.time() - started,
-            save_lowres=bool(save_lowres), engine=engine or getattr(predictor, "engine", None), warnings=warned)
-        path = write_report(manifest, report)
-        say(f"Run report written to {path}")
-    out_img = with_label_table(label_image(out_labels, affine, header), dict(out_classes))
+            input, None if output is None else Path(output), task, task_info.modality, task_info.licensed, ran_on,
+            fast, fastest, ml, types[0] if len(types) == 1 else types, roi_subset, result.class_map,
+            time.time() - started, save_lowres=bool(save_lowres), engine=engine or getattr(predictor, "engine", None),
+            warnings=warned)
+        say(f"Run report written to {write_report(manifest, report)}")
+    out_labels, out_classes = multilabel
+    out_img = with_label_table(label_image(out_labels, grid[1], grid[2]), dict(out_classes))
     return (out_img, stats) if statistics else out_img

@@ -85,85 +85,97 @@ class _Progress:
 def _attempt(session, method: str, url: str, part: Path, *, json_body, headers: dict, timeout: tuple,
              quiet: bool, say) -> None:
     """One request; resumes ``part`` if it holds bytes. Raises _Retry for transient failures."""
-    import requests
-    import urllib3
-
     offset = part.stat().st_size if part.exists() else 0
     # A POST (licence server) answers with a fresh body: resuming it is not defined.
     use_range = offset > 0 and method == "GET"
-    # Byte ranges must count the file's own bytes, not those of an on-the-fly gzip of it.
-    request_headers = {"Accept-Encoding": "identity", **headers}
-    if use_range:
-        request_headers["Range"] = f"bytes={offset}-"
-    elif offset:
+    if offset and not use_range:
         part.unlink()
         offset = 0
+    with _request(session, method, url, json_body, headers, timeout, offset if use_range else None) as response:
+        offset = _resume_offset(response, url, part, offset, use_range)
+        length = response.headers.get("Content-Length")
+        total = offset + int(length) if length and length.isdigit() else None
+        say(f"Downloading {url}" if offset == 0 else f"Resuming {url} at {offset / 1e6:.1f} MB")
+        _receive(response, url, part, offset, total, quiet)
+
+
+def _request(session, method: str, url: str, json_body, headers: dict, timeout: tuple, offset: int | None):
+    """The server's streamed answer (from byte ``offset`` on, if given)."""
+    import requests
+
+    # Byte ranges must count the file's own bytes, not those of an on-the-fly gzip of it.
+    request_headers = {"Accept-Encoding": "identity", **headers}
+    if offset is not None:
+        request_headers["Range"] = f"bytes={offset}-"
     try:
-        response = session.request(method, url, json=json_body, headers=request_headers, stream=True,
-                                   timeout=timeout, allow_redirects=True)
+        return session.request(method, url, json=json_body, headers=request_headers, stream=True,
+                               timeout=timeout, allow_redirects=True)
     except requests.exceptions.Timeout as e:
         raise _Retry(f"no answer within {timeout[1]:g} s") from e
     except requests.exceptions.ConnectionError as e:
         raise NetworkError(f"no connection to {url} ({error_reason(e)})") from None
     except requests.exceptions.RequestException as e:
         raise DownloadError(f"cannot fetch {url} ({error_reason(e)})") from None
-    with response:
-        status = response.status_code
-        if status == 416 and use_range:
-            part.unlink()  # our partial file does not fit the server's: start again
-            raise _Retry("the server refused to resume; starting again")
-        if status in (404, 410):
-            raise NotFoundError(f"{url} was not found on the server (HTTP {status})")
-        if status in (408, 425, 429) or status >= 500:
-            raise _Retry(f"the server answered HTTP {status}")
-        if status >= 400:
-            raise DownloadError(f"the server refused {url} (HTTP {status} {response.reason})")
-        if status not in (200, 206):
-            raise DownloadError(f"unexpected answer HTTP {status} from {url}")
-        content_type = response.headers.get("Content-Type", "").lower()
-        if "text/html" in content_type:
-            raise HtmlError(f"the server sent a web page instead of the file {url}; "
-                            "a proxy or login page may be in the way")
-        mode = "ab"
-        if status == 206:
-            content_range = response.headers.get("Content-Range", "")
-            if not content_range.startswith(f"bytes {offset}-"):
-                part.unlink(missing_ok=True)
-                raise _Retry(f"the server resumed at the wrong place ({content_range!r}); starting again")
-        else:
-            mode, offset = "wb", 0  # the server ignored Range (or we sent none): the whole body follows
-        length = response.headers.get("Content-Length")
-        total = offset + int(length) if length and length.isdigit() else None
-        if offset == 0:
-            say(f"Downloading {url}")
-        else:
-            say(f"Resuming {url} at {offset / 1e6:.1f} MB")
-        progress = _Progress(Path(url.split("?")[0]).name or "download", total, offset, quiet)
-        try:
-            with open(part, mode) as out:
-                first = offset == 0
-                for chunk in _chunks(response):
-                    if first and chunk:
-                        first = False
-                        if _looks_like_html(chunk):
-                            out.close()
-                            part.unlink(missing_ok=True)
-                            raise HtmlError(f"the server sent a web page instead of the file {url}; "
-                                            "a proxy or login page may be in the way")
-                    out.write(chunk)
-                    progress.update(len(chunk))
-                out.flush()
-                os.fsync(out.fileno())
-        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
-            raise _Retry(f"the transfer broke off ({error_reason(e)})") from e
-        finally:
-            progress.close()
-        size = part.stat().st_size
-        if total is not None and size != total:
-            raise _Retry(f"the transfer broke off at {size} of {total} bytes")
-        if size == 0:
-            part.unlink()
-            raise DownloadError(f"the server sent an empty file for {url}")
+
+
+def _resume_offset(response, url: str, part: Path, offset: int, use_range: bool) -> int:
+    """Where the answer's body goes in ``part``: ``offset`` if the server resumed there, 0 if it sends the
+    whole file; errors for answers that carry no file."""
+    status = response.status_code
+    if status == 416 and use_range:
+        part.unlink()  # our partial file does not fit the server's: start again
+        raise _Retry("the server refused to resume; starting again")
+    if status in (404, 410):
+        raise NotFoundError(f"{url} was not found on the server (HTTP {status})")
+    if status in (408, 425, 429) or status >= 500:
+        raise _Retry(f"the server answered HTTP {status}")
+    if status >= 400:
+        raise DownloadError(f"the server refused {url} (HTTP {status} {response.reason})")
+    if status not in (200, 206):
+        raise DownloadError(f"unexpected answer HTTP {status} from {url}")
+    if "text/html" in response.headers.get("Content-Type", "").lower():
+        raise HtmlError(f"the server sent a web page instead of the file {url}; "
+                        "a proxy or login page may be in the way")
+    if status != 206:
+        return 0  # the server ignored Range (or we sent none): the whole body follows
+    content_range = response.headers.get("Content-Range", "")
+    if not content_range.startswith(f"bytes {offset}-"):
+        part.unlink(missing_ok=True)
+        raise _Retry(f"the server resumed at the wrong place ({content_range!r}); starting again")
+    return offset
+
+
+def _receive(response, url: str, part: Path, offset: int, total: int | None, quiet: bool) -> None:
+    """Write the body into ``part`` from ``offset`` on (0: a new file), synced to disk; checks its size."""
+    import requests
+    import urllib3
+
+    progress = _Progress(Path(url.split("?")[0]).name or "download", total, offset, quiet)
+    try:
+        with open(part, "ab" if offset else "wb") as out:
+            first = offset == 0
+            for chunk in _chunks(response):
+                if first and chunk:
+                    first = False
+                    if _looks_like_html(chunk):
+                        out.close()
+                        part.unlink(missing_ok=True)
+                        raise HtmlError(f"the server sent a web page instead of the file {url}; "
+                                        "a proxy or login page may be in the way")
+                out.write(chunk)
+                progress.update(len(chunk))
+            out.flush()
+            os.fsync(out.fileno())
+    except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
+        raise _Retry(f"the transfer broke off ({error_reason(e)})") from e
+    finally:
+        progress.close()
+    size = part.stat().st_size
+    if total is not None and size != total:
+        raise _Retry(f"the transfer broke off at {size} of {total} bytes")
+    if size == 0:
+        part.unlink()
+        raise DownloadError(f"the server sent an empty file for {url}")
 
 
 def _chunks(response):

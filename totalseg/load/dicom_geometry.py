@@ -115,52 +115,64 @@ def regular_grid(positions: np.ndarray, orientation: np.ndarray, spacing: tuple[
         grid = Grid(positions[0].copy(), u.copy(), v.copy(), span / (count - 1), spacing, (count, rows, cols))
         return grid, True
 
-    multiples = steps / typical
-    missing_only = bool(np.all(np.abs(multiples - np.rint(multiples)) <= SPACING_TOLERANCE * np.rint(multiples)))
-    if missing_only:
-        step = typical
-        missing = int(np.sum(np.rint(multiples) - 1))
-        gaps = [f"{dist[i]:.2f}-{dist[i + 1]:.2f} mm" for i in np.nonzero(np.rint(multiples) > 1)[0][:3]]
-        if missing:
-            warn(f"{what}: {missing} slice(s) missing (gaps at {', '.join(gaps)} along the stack); "
-                 f"filled by linear interpolation on an even {step:.3g} mm grid")
-    else:
-        step = float(np.min(steps))
-        warn(f"{what}: uneven slice spacing ({np.min(steps):.3g} to {np.max(steps):.3g} mm); "
-             f"resampled linearly to an even {step:.3g} mm grid")
+    step = _resampled_step(steps, dist, typical, what, warn)
     if tilted:
         angle = float(np.degrees(np.arctan2(sideways, abs(along))))
         warn(f"{what}: gantry tilt of {angle:.1f} degrees (sheared slices); resampled linearly onto an "
              "orthogonal grid")
-        w = span / np.linalg.norm(span)
-        v2 = np.cross(w, u)
-        v2 /= np.linalg.norm(v2)
-        if np.dot(v2, v) < 0:
-            v2 = -v2
-        u2 = np.cross(v2, w)  # keeps (u2, v2, w) orthonormal; u2 == u when the tilt is about the row axis
-        u2 /= np.linalg.norm(u2)
-        if np.dot(u2, u) < 0:
-            u2 = -u2
+        axes = _orthogonal_axes(u, v, span)
     else:
-        w, u2, v2 = n, u, v
-    # Bounding box of all source voxel centres in the new axes.
-    corners = []
-    for p in (positions[0], positions[-1]):
-        for r in (0, rows - 1):
-            for c in (0, cols - 1):
-                corners.append(p + c * spacing[1] * u + r * spacing[0] * v)
-    corners = np.asarray(corners)
+        axes = (n, v, u)
+    return _covering_grid(positions, orientation, axes, step, spacing, rows, cols), False
+
+
+def _resampled_step(steps: np.ndarray, dist: np.ndarray, typical: float, what: str, warn) -> float:
+    """The slice step of the even grid for uneven ``steps``: the typical one when the others are its
+    multiples (missing slices), else the smallest; warns either way."""
+    multiples = steps / typical
+    if np.all(np.abs(multiples - np.rint(multiples)) <= SPACING_TOLERANCE * np.rint(multiples)):
+        missing = int(np.sum(np.rint(multiples) - 1))
+        gaps = [f"{dist[i]:.2f}-{dist[i + 1]:.2f} mm" for i in np.nonzero(np.rint(multiples) > 1)[0][:3]]
+        if missing:
+            warn(f"{what}: {missing} slice(s) missing (gaps at {', '.join(gaps)} along the stack); "
+                 f"filled by linear interpolation on an even {typical:.3g} mm grid")
+        return typical
+    step = float(np.min(steps))
+    warn(f"{what}: uneven slice spacing ({step:.3g} to {np.max(steps):.3g} mm); "
+         f"resampled linearly to an even {step:.3g} mm grid")
+    return step
+
+
+def _orthogonal_axes(u: np.ndarray, v: np.ndarray, span: np.ndarray):
+    """``(w, v2, u2)``: orthonormal axes for tilted slices, ``w`` along the table (``span``), the in-plane
+    axes as close to the slices' ``u``, ``v`` as that allows."""
+    w = span / np.linalg.norm(span)
+    v2 = np.cross(w, u)
+    v2 /= np.linalg.norm(v2)
+    if np.dot(v2, v) < 0:
+        v2 = -v2
+    u2 = np.cross(v2, w)  # keeps (u2, v2, w) orthonormal; u2 == u when the tilt is about the row axis
+    u2 /= np.linalg.norm(u2)
+    if np.dot(u2, u) < 0:
+        u2 = -u2
+    return w, v2, u2
+
+
+def _covering_grid(positions: np.ndarray, orientation: np.ndarray, axes, step: float,
+                   spacing: tuple[float, float], rows: int, cols: int) -> Grid:
+    """The grid along ``axes`` (slice, column, row direction), ``step`` between slices, that covers every
+    source voxel centre of the slices at ``positions`` (with their ``orientation`` and ``spacing``)."""
+    u, v = orientation[:3], orientation[3:]
+    w, v2, u2 = axes
+    corners = np.asarray([p + c * spacing[1] * u + r * spacing[0] * v
+                          for p in (positions[0], positions[-1]) for r in (0, rows - 1) for c in (0, cols - 1)])
     base = positions[0]
     coords = np.stack([(corners - base) @ axis for axis in (w, v2, u2)], axis=1)
     lo, hi = coords.min(axis=0), coords.max(axis=0)
-    sizes = (step, spacing[0], spacing[1])
-    counts = []
-    for a, b, s in zip(lo, hi, sizes):
-        extent = (b - a) / s
-        counts.append(int(np.ceil(extent - 1e-3)) + 1)  # cover every source voxel centre
+    # Cover every source voxel centre.
+    counts = [int(np.ceil((b - a) / size - 1e-3)) + 1 for a, b, size in zip(lo, hi, (step, *spacing))]
     origin = base + lo[0] * w + lo[1] * v2 + lo[2] * u2
-    grid = Grid(origin, u2, v2, w * step, spacing, (counts[0], counts[1], counts[2]))
-    return grid, False
+    return Grid(origin, u2, v2, w * step, spacing, (counts[0], counts[1], counts[2]))
 
 
 def _snap(x: np.ndarray) -> np.ndarray:

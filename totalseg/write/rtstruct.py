@@ -132,23 +132,24 @@ def _copy(dst, src, keywords) -> None:
             setattr(dst, keyword, src.get(keyword))
 
 
-def build_rtstruct(labels: np.ndarray, source: DicomSource, class_map: Mapping[int, str],
-                   warn: Callable[[str], None] = _quiet, label: str = "TotalSegmentator"):
-    """A pydicom RTSTRUCT dataset for ``labels`` (on the loaded volume's grid), or None if no class is present."""
-    from scipy import ndimage
+def _image_item(sop_class: str, sop_uid: str, frame: int | None):
+    """A reference to one source image (and frame of a multi-frame one)."""
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.ReferencedSOPClassUID = sop_class
+    item.ReferencedSOPInstanceUID = sop_uid
+    if frame is not None:
+        item.ReferencedFrameNumber = frame
+    return item
+
+
+def _structure_set(first, label: str):
+    """The RTSTRUCT dataset's file meta, patient, study, series and structure set attributes."""
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.sequence import Sequence
     from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
-    stack = source.to_stack(labels)
-    present = present_labels(stack, class_map)
-    if not present:
-        return None
-    headers = source.reference_headers(warn)
-    first = next(iter(headers.values()))
-    grid = source.grid
     now = datetime.datetime.now()
-
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = RT_STRUCTURE_SET_STORAGE
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -182,37 +183,41 @@ def build_rtstruct(labels: np.ndarray, source: DicomSource, class_map: Mapping[i
     ds.StructureSetDate = ds.InstanceCreationDate
     ds.StructureSetTime = ds.InstanceCreationTime
     ds.ApprovalStatus = "UNAPPROVED"
+    return ds
 
-    frame_uid = str(first.FrameOfReferenceUID)
-    # Every source instance (once, also for a multi-frame file), in slice order where known.
+
+def _referenced_frame(source: DicomSource, headers: dict, first):
+    """ReferencedFrameOfReferenceSequence: every source instance (once, also for a multi-frame file), in
+    slice order where known."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
     refs = [f.ref for f in (source.slice_frames or source.series.frames)]
     refs += [ref for ref, _ in source.series.headers]
     images = [(str(headers[r].SOPClassUID), str(headers[r].SOPInstanceUID)) for r in dict.fromkeys(refs)]
-
-    def image_item(sop_class, sop_uid, frame):
-        item = Dataset()
-        item.ReferencedSOPClassUID = sop_class
-        item.ReferencedSOPInstanceUID = sop_uid
-        if frame is not None:
-            item.ReferencedFrameNumber = frame
-        return item
-
     series_item = Dataset()
     series_item.SeriesInstanceUID = str(first.SeriesInstanceUID)
-    series_item.ContourImageSequence = Sequence([image_item(c, u, None) for c, u in images])
+    series_item.ContourImageSequence = Sequence([_image_item(c, u, None) for c, u in images])
     study_item = Dataset()
     study_item.ReferencedSOPClassUID = DETACHED_STUDY_MANAGEMENT
     study_item.ReferencedSOPInstanceUID = str(first.StudyInstanceUID)
     study_item.RTReferencedSeriesSequence = Sequence([series_item])
     for_item = Dataset()
-    for_item.FrameOfReferenceUID = frame_uid
+    for_item.FrameOfReferenceUID = str(first.FrameOfReferenceUID)
     for_item.RTReferencedStudySequence = Sequence([study_item])
-    ds.ReferencedFrameOfReferenceSequence = Sequence([for_item])
+    return Sequence([for_item])
 
-    # Contours: per slice, per class present in it (bounding boxes found once for all classes).
+
+def _contours(stack: np.ndarray, present: list[int], source: DicomSource, headers: dict) -> dict[int, list]:
+    """Contour items per class: slice by slice, per class present in it (bounding boxes found once for
+    all classes), in patient coordinates; each references its source image where the grid is the source's."""
+    from scipy import ndimage
+    from pydicom.sequence import Sequence
+
+    grid = source.grid
     u, v = grid.row_cosine, grid.column_cosine
     dr, dc = grid.spacing
-    roi_contours: dict[int, list] = {k: [] for k in present}
+    contours: dict[int, list] = {k: [] for k in present}
     for k in range(stack.shape[0]):
         plane = stack[k]
         boxes = ndimage.find_objects(plane)
@@ -221,8 +226,8 @@ def build_rtstruct(labels: np.ndarray, source: DicomSource, class_map: Mapping[i
         image_ref = None
         if slice_frame is not None:
             h = headers[slice_frame.ref]
-            image_ref = Sequence([image_item(str(h.SOPClassUID), str(h.SOPInstanceUID),
-                                             None if slice_frame.frame is None else slice_frame.frame + 1)])
+            image_ref = Sequence([_image_item(str(h.SOPClassUID), str(h.SOPInstanceUID),
+                                              None if slice_frame.frame is None else slice_frame.frame + 1)])
         for label_id in present:
             if label_id > len(boxes) or boxes[label_id - 1] is None:
                 continue
@@ -231,7 +236,15 @@ def build_rtstruct(labels: np.ndarray, source: DicomSource, class_map: Mapping[i
                 rows = loop[:, 0] + rs.start
                 cols = loop[:, 1] + cs.start
                 points = origin + np.outer(cols * dc, u) + np.outer(rows * dr, v)
-                roi_contours[label_id].append(_contour(points, image_ref))
+                contours[label_id].append(_contour(points, image_ref))
+    return contours
+
+
+def _roi_sequences(ds, present: list[int], class_map: Mapping[int, str], contours: dict[int, list],
+                   frame_uid: str) -> None:
+    """The structure set's ROI, ROI contour and observation sequences, one item per class present."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
 
     roi_items, contour_items, observation_items = [], [], []
     for number, label_id in enumerate(present, start=1):
@@ -246,7 +259,7 @@ def build_rtstruct(labels: np.ndarray, source: DicomSource, class_map: Mapping[i
         rc = Dataset()
         rc.ROIDisplayColor = list(code.color)
         rc.ReferencedROINumber = number
-        rc.ContourSequence = Sequence(roi_contours[label_id])
+        rc.ContourSequence = Sequence(contours[label_id])
         contour_items.append(rc)
         obs = Dataset()
         obs.ObservationNumber = number
@@ -262,6 +275,20 @@ def build_rtstruct(labels: np.ndarray, source: DicomSource, class_map: Mapping[i
     ds.StructureSetROISequence = Sequence(roi_items)
     ds.ROIContourSequence = Sequence(contour_items)
     ds.RTROIObservationsSequence = Sequence(observation_items)
+
+
+def build_rtstruct(labels: np.ndarray, source: DicomSource, class_map: Mapping[int, str],
+                   warn: Callable[[str], None] = _quiet, label: str = "TotalSegmentator"):
+    """A pydicom RTSTRUCT dataset for ``labels`` (on the loaded volume's grid), or None if no class is present."""
+    stack = source.to_stack(labels)
+    present = present_labels(stack, class_map)
+    if not present:
+        return None
+    headers = source.reference_headers(warn)
+    first = next(iter(headers.values()))
+    ds = _structure_set(first, label)
+    ds.ReferencedFrameOfReferenceSequence = _referenced_frame(source, headers, first)
+    _roi_sequences(ds, present, class_map, _contours(stack, present, source, headers), str(first.FrameOfReferenceUID))
     return ds
 
 

@@ -151,18 +151,7 @@ def compute_statistics(
         return stats
     vox_vol = _voxel_volume(zooms)
     max_id = max(k for k, _ in classes)
-    shape = lab.shape
-    boxes = ndimage.find_objects(lab, max_label=max_id) if max_id > 0 and lab.ndim else []
-
-    # Classes that get real numbers: present, and not cut off by the border (unless -sii).
-    todo: dict[int, tuple[slice, ...]] = {}
-    at_border: set[int] = set()
-    for k, _ in classes:
-        box = boxes[k - 1] if 0 < k <= len(boxes) else None
-        if box is not None and _touches_border(box, shape):
-            at_border.add(k)
-        if box is not None and not (exclude_border and k in at_border):
-            todo[k] = box
+    todo, at_border = _measured_boxes(lab, [k for k, _ in classes], max_id, exclude_border)
 
     # Means only need counts and sums. Looking inside each class's bounding box is much cheaper
     # than a weighted bincount over the whole volume (~45x the cost of one comparison pass) unless
@@ -171,42 +160,61 @@ def compute_statistics(
     use_bincount = aggregation == "mean" and not extra and box_voxels > _BINCOUNT_FACTOR * lab.size
     if use_bincount:
         counts, sums = _counts_and_sums(lab, ct, max_id)
-
     for k, name in classes:
         box = todo.get(k)
         if box is None:
             stats[name] = _empty_entry(extra, k in at_border)
-            continue
-        if use_bincount:
+        elif use_bincount:
             n = int(counts[k])
-            entry: dict[str, Any] = {"volume": float(n * vox_vol), "intensity": _round(sums[k] / n, 5)}
-            stats[name] = entry
-            continue
-        inside = lab[box] == k
-        values = ct[box][inside]
-        n = int(values.size)
-        entry = {"volume": float(n * vox_vol)}
-        if aggregation == "mean":
-            # Exact integer sum / count: the same correctly rounded quotient as np.average.
-            entry["intensity"] = _round(int(values.sum(dtype=np.int64)) / n, 5)
+            stats[name] = {"volume": float(n * vox_vol), "intensity": _round(sums[k] / n, 5)}
         else:
-            entry["intensity"] = _round(np.median(values), 5)
-        if extra:
-            entry["n_voxels"] = n
-            entry["intensity_std"] = _round(np.std(values), 5)
-            entry["intensity_min"] = float(values.min())
-            entry["intensity_max"] = float(values.max())
-            centroid = []
-            for axis, sl in enumerate(box):
-                others = tuple(a for a in range(inside.ndim) if a != axis)
-                profile = inside.sum(axis=others, dtype=np.int64)
-                index_sum = int(profile @ np.arange(sl.start, sl.stop, dtype=np.int64))
-                centroid.append(_round(index_sum / n, 2))
-            entry["centroid_vox"] = centroid
-            entry["bbox_vox"] = [[int(sl.start), int(sl.stop) - 1] for sl in box]
-            entry["incomplete"] = k in at_border
-        stats[name] = entry
+            inside = lab[box] == k
+            values = ct[box][inside]
+            stats[name] = _box_entry(values, vox_vol, aggregation)
+            if extra:
+                stats[name].update(_extra_entry(inside, values, box, k in at_border))
     return stats
+
+
+def _measured_boxes(lab: np.ndarray, ids: list[int], max_id: int,
+                    exclude_border: bool) -> tuple[dict[int, tuple[slice, ...]], set[int]]:
+    """``(boxes, at_border)``: the bounding box of each class that gets real numbers (present, and not
+    cut off by the border unless ``exclude_border`` is off), and the classes touching the border."""
+    boxes = ndimage.find_objects(lab, max_label=max_id) if max_id > 0 and lab.ndim else []
+    todo: dict[int, tuple[slice, ...]] = {}
+    at_border: set[int] = set()
+    for k in ids:
+        box = boxes[k - 1] if 0 < k <= len(boxes) else None
+        if box is not None and _touches_border(box, lab.shape):
+            at_border.add(k)
+        if box is not None and not (exclude_border and k in at_border):
+            todo[k] = box
+    return todo, at_border
+
+
+def _box_entry(values: np.ndarray, vox_vol: float, aggregation: str) -> dict[str, Any]:
+    """Volume and intensity of a class, from the intensities of its voxels."""
+    n = int(values.size)
+    if aggregation == "mean":
+        # Exact integer sum / count: the same correctly rounded quotient as np.average.
+        intensity = _round(int(values.sum(dtype=np.int64)) / n, 5)
+    else:
+        intensity = _round(np.median(values), 5)
+    return {"volume": float(n * vox_vol), "intensity": intensity}
+
+
+def _extra_entry(inside: np.ndarray, values: np.ndarray, box, incomplete: bool) -> dict[str, Any]:
+    """The ``-sx`` fields of one class (``inside``: its mask in its bounding ``box``; ``values``: its
+    intensities): voxel count, intensity spread, centroid and box in voxels."""
+    n = int(values.size)
+    centroid = []
+    for axis, sl in enumerate(box):
+        others = tuple(a for a in range(inside.ndim) if a != axis)
+        profile = inside.sum(axis=others, dtype=np.int64)
+        centroid.append(_round(int(profile @ np.arange(sl.start, sl.stop, dtype=np.int64)) / n, 2))
+    return {"n_voxels": n, "intensity_std": _round(np.std(values), 5), "intensity_min": float(values.min()),
+            "intensity_max": float(values.max()), "centroid_vox": centroid,
+            "bbox_vox": [[int(sl.start), int(sl.stop) - 1] for sl in box], "incomplete": incomplete}
 
 
 def write_statistics(stats: Mapping[str, Any], path: str | os.PathLike) -> None:
