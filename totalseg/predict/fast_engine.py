@@ -132,14 +132,13 @@ def ir_name(version: str, patch, in_channels: int, digest: str, part: str = "net
 
 
 def split_head(net):
-    """``(trunk, head)``: a module computing ``net``'s last decoder feature map, and a copy of its 1x1x1
-    segmentation layer; ``(net, None)`` for networks the memory-lean forward does not handle.
+    """``(trunk, head)``: a module computing ``net``'s last decoder feature map, and its 1x1x1
+    segmentation layer as a PointwiseHead; ``(net, None)`` for networks the memory-lean forward does
+    not handle.
 
     Left in OpenVINO, the segmentation layer's output (classes x patch: 760 MB in float32 for a 3 mm tile
     of 118 classes, plus OpenVINO's own buffer of it) dominates the engine's memory; run by torch slab by
     slab on the trunk's output, like the exact engine's last layer, it never exists whole."""
-    import copy
-
     import torch
 
     from totalseg.predict.lean_unet import LeanUNet
@@ -159,7 +158,30 @@ def split_head(net):
                 x = stage(torch.cat((up(x), skips[-2 - s]), 1))
             return x
 
-    return Trunk().eval(), copy.deepcopy(net.decoder.seg_layers[-1]).eval()
+    return Trunk().eval(), PointwiseHead(net.decoder.seg_layers[-1])
+
+
+class PointwiseHead:
+    """A 1x1x1 segmentation layer computed as one matrix product (weights x voxels) per call.
+
+    The same values as the convolution up to float rounding, and several times faster than torch's
+    CPU convolution for this shape (32 -> 26 channels on 16 x 128 x 128 voxels: 0.07-0.10 s against
+    0.36-0.41 s on 2 cores), which the fast engine runs on every slab of every tile."""
+
+    def __init__(self, conv) -> None:
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.weight = conv.weight.detach().reshape(self.out_channels, self.in_channels).clone()
+        self.bias = None if conv.bias is None else conv.bias.detach().clone()[:, None]
+
+    def __call__(self, x):
+        """The layer's output (1, out_channels, *spatial) for features (1, in_channels, *spatial)."""
+        import torch
+
+        if x.shape[0] != 1:
+            raise ValueError(f"one tile at a time (got a batch of {x.shape[0]})")
+        voxels = x[0].reshape(self.in_channels, -1)  # a view for slabs of a contiguous feature map
+        out = self.weight @ voxels if self.bias is None else torch.addmm(self.bias, self.weight, voxels)
+        return out.reshape(1, self.out_channels, *x.shape[2:])
 
 
 def _trace_shape(net, patch) -> tuple[int, ...]:
@@ -182,9 +204,10 @@ def _convert(ov, net, patch, in_channels: int):
 
     example = torch.zeros(1, in_channels, *_trace_shape(net, patch))
     with torch.no_grad(), warnings.catch_warnings():
-        # torch.jit.trace's deprecation notice (OpenVINO's own torch front end traces the same way) and
+        # torch.jit.trace's deprecation notices (OpenVINO's own torch front end traces the same way) and
         # its notes on Python branches: in these networks only input checks, not the computation.
         warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13+: "torch.jit.trace is deprecated"
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         # check_trace=False: the check reruns the network twice and compares, for nothing here.
         traced = torch.jit.trace(net, example, check_trace=False, strict=False)
