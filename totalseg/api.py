@@ -19,7 +19,7 @@ from totalseg.load.dicom import is_dicom_input, load_dicom, scan_dicom
 from totalseg.load.nifti import load_nifti
 from totalseg.pipeline import segment
 from totalseg.plan import Options, plan_run
-from totalseg.predictor import ENGINES
+from totalseg.predictor import check_engine, chosen_engine
 from totalseg.prepare.orient import from_canonical
 from totalseg.registry import get_task
 from totalseg.weights import model_folder
@@ -329,9 +329,9 @@ def _check_run_options(roi_subset, device: str | None, engine: str | None, predi
     if device is not None:
         check_device(device)
     if predictor is None:
-        engine = engine or os.environ.get("TOTALSEG_ENGINE") or "exact"
-    if engine is not None and engine not in ENGINES:
-        raise UserError(f"unknown engine '{engine}'; use exact or fast")
+        engine = chosen_engine(engine)
+    elif engine is not None:  # then it must also be the predictor's (_check_predictor)
+        check_engine(engine)
     if not 0 <= int(resampling_order) <= 5:
         raise UserError(f"--resampling_order must be 0..5 (got {resampling_order})")
     if stats_aggregation not in ("mean", "median"):

@@ -34,6 +34,19 @@ from totalseg.registry import Model
 ENGINES = ("exact", "fast")
 
 
+def check_engine(engine: str) -> str:
+    """``engine`` if it is one of ENGINES; else the one-line refusal."""
+    if engine not in ENGINES:
+        raise UserError(f"unknown engine '{engine}'; use exact or fast")
+    return engine
+
+
+def chosen_engine(engine: str | None) -> str:
+    """``engine``, else ``$TOTALSEG_ENGINE`` (for scripts that cannot change their command line), else
+    "exact"; checked."""
+    return check_engine(engine or os.environ.get("TOTALSEG_ENGINE") or "exact")
+
+
 def flushing_denormals() -> bool:
     """Whether this thread flushes subnormal floats to zero (torch has no getter: a subnormal
     operand reads as zero when it does)."""
@@ -99,8 +112,7 @@ class Predictor:
     def __init__(self, device: str = "gpu", engine: str = "exact", threads: int | None = None,
                  keep_models: int = 1, home_dir: Path | None = None,
                  notice: Callable[[str], None] | None = None, progress_bars: bool | None = None):
-        if engine not in ENGINES:
-            raise UserError(f"unknown engine '{engine}'; use exact or fast")
+        check_engine(engine)
         self.notice = notice or notice_printer()
         self.device = "meta" if device == "meta" else select_device(device, self.notice)
         if engine == "fast" and self.device != "cpu":

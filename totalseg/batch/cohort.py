@@ -20,6 +20,7 @@ from totalseg.batch.stats_table import STATS_CSV, STATS_PARQUET, parquet_availab
 from totalseg.batch.table import CASES_CSV, DONE, FAILED, CaseRow, read_rows, write_rows
 from totalseg.errors import UserError
 from totalseg.notice import notice_printer
+from totalseg.predictor import chosen_engine
 
 # Options that name one case's files or are the cohort's own: not per-case options here.
 _NOT_PER_CASE = {"input": "inputs are the cohort's", "output": "outputs go to out_dir/<case_id>/",
@@ -65,7 +66,7 @@ def segment_cohort(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
         raise UserError(f"in_flight (--in-flight) must be at least 1 (got {in_flight})")
     if predictor is not None and (device is not None or engine is not None or ray):
         raise UserError("device and engine are the predictor's; with a predictor give neither (nor ray)")
-    engine = engine or os.environ.get("TOTALSEG_ENGINE") or "exact"
+    engine = chosen_engine(engine)
     cases = discover_cases(inputs)
     out = Path(out_dir).absolute()
     if out.exists() and not out.is_dir():
