@@ -243,3 +243,23 @@ def test_segmentation_layer_runs_in_slabs(model, ct_tiles, tmp_path):
         whole = _run(fast, ct_tiles[i:i + 1])[0] * weight
         got = torch.cat([out for j, _, out in slabs if j == i], dim=1)
         assert torch.allclose(got, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_pointwise_head_equals_the_segmentation_layer_on_slabs():
+    """The fast engine's segmentation layer as a matrix product: the convolution's values (float rounding
+    apart) on the slab views the sums read, with and without bias; batches are refused."""
+    torch.manual_seed(0)
+    features = torch.randn(1, 32, 20, 9, 7)
+    for bias in (True, False):
+        conv = torch.nn.Conv3d(32, 5, 1, bias=bias)
+        head = fast_engine.PointwiseHead(conv)
+        with torch.inference_mode():
+            for z in (slice(0, 16), slice(16, 20)):
+                slab = features[:, :, z]
+                assert not slab.is_contiguous()
+                got, want = head(slab), conv(slab)
+                assert got.shape == want.shape == (1, 5, z.stop - z.start, 9, 7)
+                assert torch.allclose(got, want, rtol=0, atol=1e-5)
+                assert not torch.equal(got, torch.zeros_like(got))
+    with pytest.raises(ValueError, match="one tile"):
+        head(torch.randn(2, 32, 4, 4, 4))
