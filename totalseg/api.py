@@ -287,7 +287,6 @@ class _Destination:
 
     output: Path | None  # the multilabel file (``ml``) or the per-class folder; None: nothing is written
     ml: bool
-    types: list[str]
     dicom_paths: dict[str, Path] | None  # with a DICOM output type: each type's path (see _dicom_output_paths)
 
     @property
@@ -304,7 +303,7 @@ def _destination(output, ml: bool, types: list[str], skip_saving: bool, task: st
         ml = True  # DICOM outputs are multilabel; -o now names files
         output = dicom_paths.get("nifti", next(iter(dicom_paths.values())))
     _check_output(None if skip_saving or (dicom_paths and "nifti" not in dicom_paths) else output, ml)
-    return _Destination(output, ml, types, dicom_paths)
+    return _Destination(output, ml, dicom_paths)
 
 
 def _input_task(input, task: str, series_uid: str | None, types: list[str], say):
