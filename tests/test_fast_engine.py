@@ -84,6 +84,15 @@ def test_bf16_agrees_with_torch(model, ct_tiles, tmp_path):
     assert agreement >= BF16_AGREEMENT
 
 
+def test_released_memory_gives_the_same_outputs(model, ct_tiles, tmp_path):
+    """After release_memory (what the predictor calls when a model's run ends) the next call allocates
+    OpenVINO's buffers again and gives the same values."""
+    fast = fast_engine.FastNetwork(model.networks[0], model.plans.patch_size, 1, tmp_path, precision="f32")
+    before = _run(fast, ct_tiles[:2])
+    fast.release_memory()
+    assert torch.equal(_run(fast, ct_tiles[:2]), before)
+
+
 def test_residual_encoder_anisotropic_patch(tmp_path):
     """ResidualEncoderUNet, uneven strides and a patch that is neither cubic nor the traced shape:
     the network is traced small and reshaped to the patch, with the same result as torch."""

@@ -290,6 +290,30 @@ def test_fast_engine_end_to_end(use_home, tmp_path, monkeypatch, how):
     assert not list((use_home / "nnunet").rglob("*.xml"))
 
 
+def test_fast_networks_release_their_buffers_after_each_run(use_home, monkeypatch):
+    """A kept model's OpenVINO buffers are freed when its run ends (a cohort keeps every model of a case
+    loaded), also when the run fails; the next run uses them again."""
+    from totalseg.predict import fast_engine
+    from totalseg.predictor import Predictor
+    from totalseg.registry import get_model
+
+    if not fast_engine.available():
+        pytest.skip("openvino is not installed (pip install -e '.[fast]')")
+    released: list[int] = []
+    monkeypatch.setattr(fast_engine.FastNetwork, "release_memory", lambda self: released.append(id(self)))
+    model = get_model(297)
+    data = np.zeros((40, 40, 40), dtype=np.float32)
+    with Predictor("cpu", "fast", keep_models=2, progress_bars=False) as predictor:
+        predictor.model_labels(model, (0,), data, (3.0, 3.0, 3.0), 0.5)
+        assert len(released) == 1
+        predictor.model_labels(model, (0,), data, (3.0, 3.0, 3.0), 0.5)
+        assert len(released) == 2 and predictor.loads == [297]
+        monkeypatch.setattr("totalseg.predict.nnunet.segment", lambda *a: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            predictor.model_labels(model, (0,), data, (3.0, 3.0, 3.0), 0.5)
+        assert len(released) == 3 and len(set(released)) == 1
+
+
 @pytest.mark.parametrize("task_name", ["vertebrae_pp_refined", "heartchambers_highres"])
 def test_input_grid_steps_sized_by_the_header_pixdim(task_name, monkeypatch):
     """The official sizes the vertebrae refinement and remove_outside by the input header's pixdim, all else by

@@ -98,6 +98,14 @@ class _Entry:
         self.plans = loaded.plans
         self.runner = runner
 
+    def release_memory(self) -> None:
+        """Free what the networks hold only while they run (the fast engine's intermediate buffers), so a
+        model kept loaded between runs (a cohort keeps every model of a case) costs little more than its weights."""
+        for net in self.runner.networks:
+            release = getattr(net, "release_memory", None)
+            if release is not None:
+                release()
+
 
 class Predictor:
     """Runs nnU-Net models on one device through one engine, loading each model once.
@@ -187,7 +195,10 @@ class Predictor:
         with timed(progress, "loaded"):
             entry = self._entry(model, folds)
         with timed(progress, "predicted"), self.settings():
-            return nnunet.segment(data, spacing, entry.plans, entry.runner, step)
+            try:
+                return nnunet.segment(data, spacing, entry.plans, entry.runner, step)
+            finally:
+                entry.release_memory()
 
     @contextmanager
     def settings(self) -> Iterator[None]:
