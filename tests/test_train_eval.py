@@ -412,3 +412,28 @@ def test_finetune_from_installed_task(trained):
     assert plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["features_per_stage"][0] == 4
     log = (work / "logs" / "train.log").read_text()
     assert "pretrained weights" in log and "Dataset901_Synth" in log
+
+
+def test_resume_goes_on_from_a_latest_checkpoint_newer_than_the_final(tmp_path):
+    """nnU-Net's --c prefers checkpoint_final.pth: after a resumed run stopped midway (a newer latest beside
+    an older final) the final is set aside, renamed, so the next resume continues from the latest; otherwise
+    nothing moves."""
+    from totalseg.train.train import resume_from_latest
+
+    fold = tmp_path / "fold_0"
+    fold.mkdir()
+    final, latest = fold / "checkpoint_final.pth", fold / "checkpoint_latest.pth"
+    final.write_bytes(b"epoch 35")
+    resume_from_latest(fold)  # a final alone: the finished run resumes from it
+    assert final.read_bytes() == b"epoch 35"
+    latest.write_bytes(b"epoch 61")
+    os.utime(final, (1_000_000, 1_000_000))
+    said: list[str] = []
+    resume_from_latest(fold, said.append)
+    assert not final.exists() and latest.read_bytes() == b"epoch 61"
+    assert (fold / "checkpoint_final_superseded.pth").read_bytes() == b"epoch 35"
+    assert len(said) == 1 and "checkpoint_latest.pth" in said[0]
+    final.write_bytes(b"epoch 80")  # a final written after the latest (not what nnU-Net leaves): kept
+    os.utime(latest, (1_000_000, 1_000_000))
+    resume_from_latest(fold)
+    assert final.read_bytes() == b"epoch 80" and latest.is_file()

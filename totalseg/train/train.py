@@ -175,6 +175,21 @@ def preprocessed_plans(work: Path, dataset_id: int, plans_name: str = "nnUNetPla
     return plans
 
 
+def resume_from_latest(fold_dir: Path, say: Say = lambda m: None) -> None:
+    """Make nnU-Net's ``--c`` go on from the last epoch saved.
+
+    ``--c`` loads checkpoint_final.pth before checkpoint_latest.pth, and a finished run deletes its latest;
+    so a latest newer than the final beside it was saved by a later ``--resume`` that stopped midway, and
+    resuming again would silently restart from the final's earlier epoch. The final is set aside (renamed,
+    not deleted) so that the run continues from the latest.
+    """
+    final, latest = fold_dir / "checkpoint_final.pth", fold_dir / "checkpoint_latest.pth"
+    if final.is_file() and latest.is_file() and latest.stat().st_mtime > final.stat().st_mtime:
+        kept = final.with_name("checkpoint_final_superseded.pth")
+        os.replace(final, kept)
+        say(f"Resuming from {latest} (saved after {final.name}, which is kept as {kept.name})")
+
+
 def train(work: Path, dataset_id: int, *, configuration: str = "3d_fullres", trainer: str = "nnUNetTrainer",
           plans_name: str = "nnUNetPlans", fold: int | str = 0, device: str = "cpu",
           pretrained: Path | None = None, epochs: int | None = None, iterations: int | None = None,
@@ -195,12 +210,13 @@ def train(work: Path, dataset_id: int, *, configuration: str = "3d_fullres", tra
         if not Path(pretrained).is_file():
             raise UserError(f"the pretrained checkpoint does not exist: {pretrained}")
         args += ["-pretrained_weights", str(Path(pretrained).resolve())]
+    result = folders(work)["nnUNet_results"] / raw.name / f"{trainer}__{plans_name}__{configuration}"
     if resume:
+        resume_from_latest(result / f"fold_{fold}", say)
         args.append("--c")
     extra = {k: str(v) for k, v in (("TOTALSEG_EPOCHS", epochs), ("TOTALSEG_ITERATIONS", iterations))
              if v is not None}
     run_nnunet("train", args, work, workers=workers, extra_env=extra, say=say, quiet=quiet)
-    result = folders(work)["nnUNet_results"] / raw.name / f"{trainer}__{plans_name}__{configuration}"
     if not (result / f"fold_{fold}" / "checkpoint_final.pth").is_file():
         raise UserError(f"nnU-Net finished without {result}/fold_{fold}/checkpoint_final.pth; see "
                         f"{Path(work) / 'logs' / 'train.log'}")
