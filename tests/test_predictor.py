@@ -176,7 +176,7 @@ def test_predictor_pins_cudnn_on_cuda_and_restores_the_callers_flags(use_home, m
     before = (cudnn.benchmark, cudnn.deterministic)
     predictor = Predictor("meta")
     predictor.device = "cuda:0"  # the settings only; the fake nnunet.segment never touches a device
-    predictor._entry = lambda model, folds: SimpleNamespace(plans=None, runner=None)
+    predictor._entry = lambda model, folds: SimpleNamespace(plans=None, runner=None, release_memory=lambda: None)
     try:
         for caller in ((True, False), (False, False)):
             cudnn.benchmark, cudnn.deterministic = caller

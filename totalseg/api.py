@@ -1,17 +1,15 @@
 """The Python API, with the official function's name and options."""
 from __future__ import annotations
 
-import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from totalseg import config
+from totalseg import config, option_checks
 from totalseg.assemble.postprocess import body_masks, to_v1_order
 from totalseg.checks import cut_off_warning, image_warnings
-from totalseg.device import check_device
 from totalseg.errors import UserError
 from totalseg.notice import notice_printer, timed
 from totalseg.install import ensure_installed, missing_models, source_from_environment
@@ -19,7 +17,6 @@ from totalseg.load.dicom import is_dicom_input, load_dicom, scan_dicom
 from totalseg.load.nifti import load_nifti
 from totalseg.pipeline import segment
 from totalseg.plan import Options, plan_run
-from totalseg.predictor import check_engine, chosen_engine
 from totalseg.prepare.orient import from_canonical
 from totalseg.registry import get_task
 from totalseg.weights import model_folder
@@ -27,32 +24,6 @@ from totalseg.write.labelmap import with_label_table
 from totalseg.write.nifti import label_image, save_multilabel, save_per_class
 from totalseg.write.report import build_run_report, write_report
 from totalseg.write.statistics import compute_statistics, write_statistics
-
-# Official options that totalseg refuses (one line, before any work), and why.
-_REFUSED = {
-    "save_probabilities": "--save_probabilities is not supported by totalseg: it copies nnU-Net's softmax "
-                          "arrays (s01.npz/.pkl), which this engine never keeps; run without it (the labels are "
-                          "in the output)",
-    "higher_order_resampling": "--higher_order_resampling is not supported by totalseg (nnU-Net's own resampling "
-                               "with cropped-logits export); run without it (nearest-neighbour upsampling, the "
-                               "official default) or with --higher_order_resampling_LEGACY for smoother masks",
-    "test": "--test is internal to the official test suite (it copies the suite's reference segmentation "
-            "instead of predicting); run without it",
-    "nora_tag": "--nora_tag calls a local NORA installation (/opt/nora/src/node/nora), which totalseg does not "
-                "do; run without it",
-    "statistics_normalized_intensities": "statistics_normalized_intensities is not supported by totalseg; run "
-                                         "without it (statistics use the image's intensities)",
-}
-
-
-def _output_types(output_type) -> list[str]:
-    types = [output_type] if isinstance(output_type, str) else list(output_type or ["nifti"])
-    types = [t.strip() for item in types for t in item.split(",") if t.strip()]
-    types = ["dicom_rtstruct" if t == "dicom" else t for t in types]
-    for t in types:
-        if t not in ("nifti", "dicom_rtstruct", "dicom_seg"):
-            raise UserError(f"unknown output type '{t}'; use nifti, dicom_rtstruct or dicom_seg")
-    return list(dict.fromkeys(types))
 
 
 def _dicom_output_paths(types: list[str], output: Path, task: str) -> dict[str, Path]:
@@ -111,34 +82,6 @@ def _save_dicom_outputs(labels, image, class_map, paths: dict[str, Path], say) -
         save_dataset_atomic(ds, path)
 
 
-def _check_output(output: Path | None, ml: bool) -> None:
-    if output is None:
-        return
-    if ml and not (output.name.endswith(".nii.gz") or output.name.endswith(".nii")):
-        raise UserError(f"with --ml the output is one file: give -o a name ending in .nii.gz (got {output})")
-    if ml and output.is_dir():
-        raise UserError(f"with --ml the output is one file, but {output} is a folder")
-    if not ml and output.exists() and not output.is_dir():
-        raise UserError(f"the output {output} is a file; per-class masks need a folder (or use --ml)")
-
-
-def _check_extras(output: Path | None, ml: bool, skip_saving: bool, preview: bool, radiomics: bool) -> None:
-    """Fail before any work when --preview / --radiomics cannot be honoured."""
-    if preview:
-        if output is None:
-            raise UserError("--preview writes preview_<task>.png into the output folder: give an output")
-        from totalseg.write.preview import _vtk
-
-        _vtk()
-    if radiomics:
-        if output is None or ml or skip_saving:
-            raise UserError("--radiomics works on the per-class mask files: give an output folder, "
-                            "without --ml and --skip_saving")
-        from totalseg.write.radiomics import _radiomics
-
-        _radiomics()
-
-
 def _write_radiomics(source, image, output: Path, say) -> None:
     """statistics_radiomics.json in the output folder, from the input file (or a temporary copy)."""
     import tempfile
@@ -155,95 +98,6 @@ def _write_radiomics(source, image, output: Path, say) -> None:
         path = Path(tmp) / "image.nii.gz"
         nib.save(nib.Nifti1Image(image.volume.data, image.volume.affine), path)
         write_radiomics(path, output, output / OUTPUT_NAME, warn)
-
-
-def _check_predictor(predictor, device: str | None, engine: str | None) -> None:
-    """A device or engine asked for beside a predictor must be the predictor's own."""
-    if engine is not None and engine != predictor.engine:
-        raise UserError(f"engine '{engine}' asked for, but the predictor runs '{predictor.engine}'")
-    if device is not None:
-        wanted = {"cpu": "cpu", "mps": "mps"}.get(device, "cuda")
-        if not predictor.device.startswith(wanted) and predictor.device != "meta":
-            raise UserError(f"device '{device}' asked for, but the predictor runs on {predictor.device}")
-
-
-def _refuse_unsupported(task: str, **options) -> None:
-    """One-line errors, before any work, for official options that totalseg cannot honour."""
-    for name, value in options.items():
-        if name in _REFUSED and value and not (name == "nora_tag" and value == "None"):
-            raise UserError(_REFUSED[name])
-    if options["model_size"] not in ("big", "small"):
-        raise UserError("model_size must be 'big' or 'small'.")
-    if options["model_size"] == "small" and task != "total_v3":
-        raise UserError("model_size='small' is currently only supported for task 'total_v3'.")
-    if options["plans"] != "nnUNetPlans":
-        raise UserError(f"plans '{options['plans']}' is not supported by totalseg: every model runs with the plans "
-                        "of its weights folder (nnUNetPlans); run without it")
-    if int(options["nr_thr_saving"]) < 1:
-        raise UserError(f"--nr_thr_saving must be at least 1 (got {options['nr_thr_saving']})")
-
-
-def _blob_size(remove_small_blobs):
-    """``--remove_small_blobs``: None (off), 200 mm³ for True (the official default) or the size given."""
-    if remove_small_blobs is None or remove_small_blobs is False or remove_small_blobs == 0:
-        return None  # the official tool tests the value's truth: 0 means off
-    if remove_small_blobs is True:
-        return 200
-    if isinstance(remove_small_blobs, str) or not remove_small_blobs > 0:
-        raise UserError(f"--remove_small_blobs takes a size in mm3 greater than 0 (got {remove_small_blobs!r})")
-    return remove_small_blobs
-
-
-def _check_save_lowres(plan, fast: bool, fastest: bool, types: list[str], ml: bool, no_derived_masks: bool,
-                       radiomics: bool) -> None:
-    """``--save_lowres``: the official tool's refusals, plus those whose outputs it cannot make."""
-    if not (fast or fastest):
-        raise UserError("save_lowres only works together with fast or fastest mode.")
-    if types != ["nifti"]:
-        raise UserError("save_lowres only supports nifti output.")
-    if plan.crop is not None or plan.roi_subset or plan.refine is not None:
-        raise UserError("save_lowres is not supported together with cropping, roi_subset, body_seg, or cascade.")
-    if radiomics:
-        raise UserError("--radiomics needs masks on the input grid; run it without --save_lowres")
-    if plan.task.postprocess == "body" and not ml and not no_derived_masks:
-        raise UserError("--save_lowres: the body task's derived masks (body, skin) need the input grid; "
-                        "add -ndm (or use --ml)")
-
-
-def _v1_classes(v1_order: bool, task: str, types: list[str], ml: bool, output, say) -> dict[int, str] | None:
-    """``--v1_order``: the v1 (104-class) map when it applies (task total only, as in the official tool)."""
-    if not v1_order:
-        return None
-    if task != "total":
-        say(f"NOTE: --v1_order applies to task total only; the {task} output keeps its own order")
-        return None
-    if types != ["nifti"]:
-        raise UserError("--v1_order cannot be combined with DICOM output (the official tool writes v1 labels "
-                        "under v2 class names there); use -ot nifti")
-    if output is not None and not ml:
-        say("NOTE: --v1_order reorders the multilabel output (--ml and the returned image); per-class files "
-            "are written as usual")
-    from totalseg.registry import class_map
-
-    return class_map("total_v1")
-
-
-def _notices(say, crop_path) -> None:
-    """Official options accepted without effect here: said, never silently ignored."""
-    if crop_path is not None:
-        say("NOTE: -cp/--crop_path has no effect (a legacy option of the official tool; crops are computed in "
-            "memory)")
-
-
-def _resample_threads(nr_thr_resamp: int | None) -> int:
-    """Threads for resampling: ``nr_thr_resamp``, or every core this process may use (same values either way)."""
-    from totalseg.predictor import default_threads
-
-    if nr_thr_resamp is None:
-        return default_threads()
-    if int(nr_thr_resamp) < 1:
-        raise UserError(f"--nr_thr_resamp must be 1 or more (got {nr_thr_resamp})")
-    return int(nr_thr_resamp)
 
 
 def _warn(say, lines: list[str], kept: list[str]) -> None:
@@ -271,7 +125,7 @@ def _run_segment(image, plan, say, predictor, device, engine, quiet, debug, inpu
         if predictor is None:
             with Predictor(device or "gpu", engine, notice=say, progress_bars=False if quiet else None) as own:
                 return segment(image.volume, plan, own, progress=say, **options), own.device
-        _check_predictor(predictor, device, engine)
+        option_checks.check_predictor(predictor, device, engine)
         return segment(image.volume, plan, predictor, progress=say, **options), predictor.device
     except UserError:
         raise
@@ -302,7 +156,7 @@ def _destination(output, ml: bool, types: list[str], skip_saving: bool, task: st
         dicom_paths = _dicom_output_paths(types, output, task)
         ml = True  # DICOM outputs are multilabel; -o now names files
         output = dicom_paths.get("nifti", next(iter(dicom_paths.values())))
-    _check_output(None if skip_saving or (dicom_paths and "nifti" not in dicom_paths) else output, ml)
+    option_checks.check_output(None if skip_saving or (dicom_paths and "nifti" not in dicom_paths) else output, ml)
     return _Destination(output, ml, dicom_paths)
 
 
@@ -318,24 +172,6 @@ def _input_task(input, task: str, series_uid: str | None, types: list[str], say)
         raise UserError("DICOM output (-ot dicom_seg/dicom_rtstruct) needs a DICOM input (a folder, zip or "
                         "DICOM file); use -ot nifti for a NIfTI input")
     return task, None
-
-
-def _check_run_options(roi_subset, device: str | None, engine: str | None, predictor, resampling_order,
-                       stats_aggregation: str) -> str | None:
-    """Refuse malformed options before any work; returns the engine (a predictor brings its own)."""
-    if roi_subset is not None and not isinstance(roi_subset, (list, tuple)):
-        raise UserError("roi_subset must be a list of class names")
-    if device is not None:
-        check_device(device)
-    if predictor is None:
-        engine = chosen_engine(engine)
-    elif engine is not None:  # then it must also be the predictor's (_check_predictor)
-        check_engine(engine)
-    if not 0 <= int(resampling_order) <= 5:
-        raise UserError(f"--resampling_order must be 0..5 (got {resampling_order})")
-    if stats_aggregation not in ("mean", "median"):
-        raise UserError("--stats_aggregation must be mean or median")
-    return engine
 
 
 def _install_weights(plan, task_info, license_number: str | None, quiet: bool, say) -> None:
@@ -429,23 +265,23 @@ def totalsegmentator(input, output=None, ml: bool = False, nr_thr_resamp: int | 
     say = notice_printer(quiet)
     tell = notice_printer(not verbose)  # -v: steps and timings
     # Everything that can be refused is refused before any weights are installed or any image is read.
-    _refuse_unsupported(task, save_probabilities=save_probabilities, test=test, nora_tag=nora_tag,
+    option_checks.refuse_unsupported(task, save_probabilities=save_probabilities, test=test, nora_tag=nora_tag,
                         higher_order_resampling=higher_order_resampling, plans=plans, model_size=model_size,
                         statistics_normalized_intensities=statistics_normalized_intensities,
                         nr_thr_saving=nr_thr_saving)
-    blobs_mm3 = _blob_size(remove_small_blobs)
-    engine = _check_run_options(roi_subset, device, engine, predictor, resampling_order, stats_aggregation)
+    blobs_mm3 = option_checks.blob_size(remove_small_blobs)
+    engine = option_checks.check_run_options(roi_subset, device, engine, predictor, resampling_order, stats_aggregation)
     if roi_subset_robust:
         roi_subset, robust_crop = roi_subset_robust, True
-    resample_threads = _resample_threads(nr_thr_resamp)
-    types = _output_types(output_type)
+    resample_threads = option_checks.resample_threads(nr_thr_resamp)
+    types = option_checks.output_types(output_type)
     if save_lowres and not (fast or fastest):
         raise UserError("save_lowres only works together with fast or fastest mode.")
     task, series = _input_task(input, task, series_uid, types, say)
     task_info = get_task(task)
     dest = _destination(output, ml, types, skip_saving, task)
-    _check_extras(dest.output, dest.ml, skip_saving, preview, radiomics)
-    v1_classes = _v1_classes(v1_order, task, types, dest.ml, None if skip_saving else dest.output, say)
+    option_checks.check_extras(dest.output, dest.ml, skip_saving, preview, radiomics)
+    v1_classes = option_checks.v1_classes(v1_order, task, types, dest.ml, None if skip_saving else dest.output, say)
     if v1_classes is not None and roi_subset and higher_order_resampling_LEGACY:
         raise UserError("--higher_order_resampling_LEGACY with --v1_order and --roi_subset is not supported (the "
                         "official tool filters v2 labels by v1 ids there); drop one of them")
@@ -453,8 +289,8 @@ def totalsegmentator(input, output=None, ml: bool = False, nr_thr_resamp: int | 
                                        robust_crop=robust_crop, body_seg=body_seg, force_split=force_split,
                                        resampling_order=int(resampling_order)))
     if save_lowres:
-        _check_save_lowres(plan, fast, fastest, types, dest.ml, no_derived_masks, radiomics)
-    _notices(say, crop_path)
+        option_checks.check_save_lowres(plan, fast, fastest, types, dest.ml, no_derived_masks, radiomics)
+    option_checks.say_inert_options(say, crop_path)
     _install_weights(plan, task_info, license_number, quiet, say)
 
     warned: list[str] = []  # for the run report
@@ -483,7 +319,7 @@ def totalsegmentator(input, output=None, ml: bool = False, nr_thr_resamp: int | 
             derived = task_info.postprocess == "body" and not no_derived_masks
             _save_labels(dest, grid, result.class_map, multilabel, image, task_info.classes if derived else None,
                          int(nr_thr_saving), say)
-    if preview:  # _check_extras made sure there is an output folder
+    if preview:  # check_extras made sure there is an output folder
         from totalseg.write.preview import write_preview
 
         write_preview(result.labels, image.volume.affine, result.class_map, dest.folder / f"preview_{task}.png")
