@@ -191,11 +191,9 @@ def _trace_shape(net, patch) -> tuple[int, ...]:
     strides = getattr(getattr(net, "encoder", None), "strides", None)
     if not strides:
         return tuple(patch)
-    total = [1] * len(patch)
-    for stride in strides:
-        per_axis = stride if isinstance(stride, (list, tuple)) else [stride] * len(patch)
-        total = [t * int(s) for t, s in zip(total, per_axis)]
-    return tuple(min(p, 2 * t) for p, t in zip(patch, total))
+    from totalseg.predict.model import total_stride
+
+    return tuple(min(p, 2 * t) for p, t in zip(patch, total_stride(strides, len(patch))))
 
 
 def _convert(ov, net, patch, in_channels: int):

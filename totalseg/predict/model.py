@@ -17,6 +17,16 @@ from totalseg.errors import WeightsError
 CHECKPOINT = "checkpoint_final.pth"
 
 
+def total_stride(strides, ndim: int) -> list[int]:
+    """The product of a U-Net encoder's strides along each axis (a stride is one int for all axes or one per
+    axis): patch sizes must be multiples of it."""
+    total = [1] * ndim
+    for stride in strides:
+        per_axis = stride if isinstance(stride, (list, tuple)) else [stride] * ndim
+        total = [t * int(s) for t, s in zip(total, per_axis)]
+    return total
+
+
 @dataclass(frozen=True)
 class Plans:
     """What inference needs from one configuration of plans.json (+ dataset.json)."""

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from totalseg.errors import UserError
+from totalseg.predict.model import total_stride
 from totalseg.write.atomic import write_atomic
 
 Say = Callable[[str], None]
@@ -110,9 +111,7 @@ def _valid_patch(conf: dict, patch_size: list[int]) -> list[int]:
     arch = conf.get("architecture")
     strides = arch["arch_kwargs"]["strides"] if arch else conf["pool_op_kernel_sizes"]
     ndim = len(conf["patch_size"])
-    total = [1] * ndim
-    for stride in strides:
-        total = [t * int(s) for t, s in zip(total, stride if isinstance(stride, (list, tuple)) else [stride] * ndim)]
+    total = total_stride(strides, ndim)
     patch = [int(p) for p in patch_size]
     if len(patch) != ndim or any(p < 1 or p % t for p, t in zip(patch, total)):
         raise UserError(f"--patch_size needs {ndim} sizes, each a positive multiple of the network's total "
