@@ -265,12 +265,13 @@ def totalsegmentator(input, output=None, ml: bool = False, nr_thr_resamp: int | 
     say = notice_printer(quiet)
     tell = notice_printer(not verbose)  # -v: steps and timings
     # Everything that can be refused is refused before any weights are installed or any image is read.
-    option_checks.refuse_unsupported(task, save_probabilities=save_probabilities, test=test, nora_tag=nora_tag,
-                        higher_order_resampling=higher_order_resampling, plans=plans, model_size=model_size,
-                        statistics_normalized_intensities=statistics_normalized_intensities,
-                        nr_thr_saving=nr_thr_saving)
+    option_checks.refuse_unsupported(
+        task, save_probabilities=save_probabilities, test=test, nora_tag=nora_tag,
+        higher_order_resampling=higher_order_resampling, plans=plans, model_size=model_size,
+        statistics_normalized_intensities=statistics_normalized_intensities, nr_thr_saving=nr_thr_saving)
     blobs_mm3 = option_checks.blob_size(remove_small_blobs)
-    engine = option_checks.check_run_options(roi_subset, device, engine, predictor, resampling_order, stats_aggregation)
+    engine = option_checks.check_run_options(roi_subset, device, engine, predictor, resampling_order,
+                                             stats_aggregation)
     if roi_subset_robust:
         roi_subset, robust_crop = roi_subset_robust, True
     resample_threads = option_checks.resample_threads(nr_thr_resamp)
@@ -285,9 +286,10 @@ def totalsegmentator(input, output=None, ml: bool = False, nr_thr_resamp: int | 
     if v1_classes is not None and roi_subset and higher_order_resampling_LEGACY:
         raise UserError("--higher_order_resampling_LEGACY with --v1_order and --roi_subset is not supported (the "
                         "official tool filters v2 labels by v1 ids there); drop one of them")
-    plan = plan_run(task_info, Options(fast=fast, fastest=fastest, roi_subset=tuple(roi_subset) if roi_subset else None,
-                                       robust_crop=robust_crop, body_seg=body_seg, force_split=force_split,
-                                       resampling_order=int(resampling_order)))
+    options = Options(fast=fast, fastest=fastest, roi_subset=tuple(roi_subset) if roi_subset else None,
+                      robust_crop=robust_crop, body_seg=body_seg, force_split=force_split,
+                      resampling_order=int(resampling_order))
+    plan = plan_run(task_info, options)
     if save_lowres:
         option_checks.check_save_lowres(plan, fast, fastest, types, dest.ml, no_derived_masks, radiomics)
     option_checks.say_inert_options(say, crop_path)
