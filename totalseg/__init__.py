@@ -17,6 +17,15 @@ def totalsegmentator(*args, **kwargs):
     return _run(*args, **kwargs)
 
 
+def check_options(options: dict) -> None:
+    """Refuse, with a one-line :class:`totalseg.errors.UserError`, keyword options of :func:`totalsegmentator`
+    that are unknown, malformed or not honoured, before any input is read (a service checks a job's options
+    with it when the job is submitted)."""
+    from totalseg.api import check_options as _check
+
+    _check(options)
+
+
 def __getattr__(name: str):
     if name == "Predictor":  # imported on first use: torch stays unloaded until a model runs
         from totalseg.predictor import Predictor

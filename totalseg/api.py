@@ -341,3 +341,25 @@ def totalsegmentator(input, output=None, ml: bool = False, nr_thr_resamp: int | 
     out_labels, out_classes = multilabel
     out_img = with_label_table(label_image(out_labels, grid[1], grid[2]), dict(out_classes))
     return (out_img, stats) if statistics else out_img
+
+
+def check_options(options: dict) -> None:
+    """The checks of :func:`totalsegmentator` that need no input, for options given as a mapping."""
+    import inspect
+
+    known = set(inspect.signature(totalsegmentator).parameters) - {"input", "output", "predictor"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise UserError(f"unknown option {unknown[0]!r}; the options are those of totalsegmentator()")
+    opts = {name: p.default for name, p in inspect.signature(totalsegmentator).parameters.items()
+            if name in known} | dict(options)
+    option_checks.refuse_unsupported(
+        opts["task"], save_probabilities=opts["save_probabilities"], test=opts["test"], nora_tag=opts["nora_tag"],
+        higher_order_resampling=opts["higher_order_resampling"], plans=opts["plans"], model_size=opts["model_size"],
+        statistics_normalized_intensities=opts["statistics_normalized_intensities"],
+        nr_thr_saving=opts["nr_thr_saving"])
+    option_checks.blob_size(opts["remove_small_blobs"])
+    option_checks.check_run_options(opts["roi_subset"], opts["device"], opts["engine"], None,
+                                    opts["resampling_order"], opts["stats_aggregation"])
+    option_checks.output_types(opts["output_type"])
+    get_task(opts["task"])
