@@ -38,7 +38,7 @@ DEFAULT_OFFICIAL = str(Path.home() / ".cache/totalseg/official-2.18.0-torch2.14.
 # Runs totalseg_batch and writes the seconds spent in the networks (all cases) to argv[1].
 PROBE = r'''
 import json, sys, threading, time
-from totalseg.predictor import Predictor
+from totalseg.run.predictor import Predictor
 spent, lock, inner = [0.0], threading.Lock(), Predictor.model_labels
 def timed(self, *args, **kwargs):
     start = time.perf_counter()

@@ -248,7 +248,7 @@ def test_modality_features_decide():
 
 def test_phase_runs_models_as_official(monkeypatch):
     """Without -s: fast total with median stats, border masks included; headneck only with a brain."""
-    import totalseg.api as api
+    import totalseg.run.api as api
 
     stats = json.loads((REF / "example_seg_fast_median_stats.json").read_text())
     calls = []

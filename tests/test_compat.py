@@ -49,7 +49,7 @@ def _env() -> dict[str, str]:
 def test_seed_examples_match_totalseg(tmp_path, use_home):
     if not CT_SM.exists():
         pytest.skip("example_ct_sm.nii.gz not available")
-    from totalseg.api import totalsegmentator
+    from totalseg.run.api import totalsegmentator
 
     out1, out2, ref = tmp_path / "seg_ml.nii.gz", tmp_path / "seg_img.nii.gz", tmp_path / "ref.nii.gz"
     proc = subprocess.run([sys.executable, "-c", _SEED, str(CT_SM), str(out1), str(out2)],
@@ -78,10 +78,10 @@ def test_imports_do_not_load_torch():
 
 
 def test_python_api_forwards():
-    import totalseg.api
+    import totalseg.run.api
     from totalsegmentator import python_api
 
-    assert python_api.totalsegmentator is totalseg.api.totalsegmentator
+    assert python_api.totalsegmentator is totalseg.run.api.totalsegmentator
     assert python_api.validate_device_type_api("gpu:1") == "gpu:1"
     assert python_api.validate_device_type_api("cpu") == "cpu"
     with pytest.raises(ValueError):

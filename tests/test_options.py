@@ -186,7 +186,7 @@ def test_refused_dicom_output_combinations(use_home, tmp_path, capsys):
     ({"remove_small_blobs": -5}, "--remove_small_blobs takes a size in mm3 greater than 0"),
 ])
 def test_api_only_options_refused(options, fragment, use_home, tmp_path):
-    from totalseg.api import totalsegmentator
+    from totalseg.run.api import totalsegmentator
 
     with pytest.raises(UserError, match=re.escape(fragment)):
         totalsegmentator(CT, tmp_path / "out", device="cpu", fast=True, **options)
@@ -202,12 +202,12 @@ def test_remove_small_blobs_needs_a_positive_size(capsys):
 def test_notices_and_debug(use_home, tmp_path, capsys, monkeypatch):
     """-v1o on another task and -cp say they have no effect; --debug names input and task on an
     unexpected error. (The prediction is replaced: these happen before or around it.)"""
-    import totalseg.api
+    import totalseg.run.api
 
     def boom(*_args, **_kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(totalseg.api, "segment", boom)
+    monkeypatch.setattr(totalseg.run.api, "segment", boom)
     args = ["-i", str(CT), "-o", str(tmp_path / "o.nii.gz"), "--ml", "-ta", "body", "--fast", "-v1o",
             "-cp", str(tmp_path), "-nr", "2", "--debug", "-d", "cpu"]
     with pytest.raises(RuntimeError, match="boom"):
@@ -289,7 +289,7 @@ OFFICIAL_API = ["input", "output", "ml", "nr_thr_resamp", "nr_thr_saving", "fast
 
 
 def test_api_has_the_official_parameters_in_order():
-    from totalseg.api import totalsegmentator
+    from totalseg.run.api import totalsegmentator
 
     names = list(inspect.signature(totalsegmentator).parameters)
     assert names[: len(OFFICIAL_API)] == OFFICIAL_API

@@ -35,7 +35,7 @@ def test_oracle_case(case, use_home, tmp_path):
 
 def test_api_with_nibabel_image(use_home):
     """The Python API takes an image object and returns the labels (no output path)."""
-    from totalseg.api import totalsegmentator
+    from totalseg.run.api import totalsegmentator
 
     img = nib.load(REF / "example_ct_sm.nii.gz")
     out, stats = totalsegmentator(img, None, fast=True, device="cpu", quiet=True, statistics=True)
@@ -49,7 +49,7 @@ def test_api_with_nibabel_image(use_home):
 
 
 def test_api_roi_subset_writes_only_requested(use_home, tmp_path):
-    from totalseg.api import totalsegmentator
+    from totalseg.run.api import totalsegmentator
 
     img = totalsegmentator(REF / "example_mr_sm.nii.gz", tmp_path / "seg", task="total_mr", fast=True,
                            roi_subset=["liver", "spleen"], device="cpu", quiet=True)

@@ -8,8 +8,8 @@ import pytest
 
 from conftest import REF
 from totalseg.errors import UserError
-from totalseg.pipeline import segment
-from totalseg.plan import Options, plan_run
+from totalseg.run.pipeline import segment
+from totalseg.run.plan import Options, plan_run
 from totalseg.registry import get_task, task_names
 from totalseg.volume import Volume
 
@@ -111,8 +111,8 @@ def test_device_path_runs_on_meta_without_mixing_devices(use_home, task_name, op
     """Every model step of a plan with an explicit device (meta: shapes only) through the same code as
     a GPU (streamed labels, and whole logits for nnU-Net's own resampling): every tensor of the sliding
     window lives on the device; labels come back as zeros."""
-    from totalseg.pipeline import predict
-    from totalseg.predictor import Predictor
+    from totalseg.run.pipeline import predict
+    from totalseg.run.predictor import Predictor
 
     predictor = Predictor("meta")
     plan = plan_run(get_task(task_name), options)
@@ -129,7 +129,7 @@ def test_device_path_runs_on_meta_without_mixing_devices(use_home, task_name, op
 def test_meta_audit_catches_sums_kept_on_the_host(use_home, monkeypatch):
     """The audit above can fail: sums built on the CPU while the network runs on the device."""
     from totalseg.predict import sliding_window
-    from totalseg.predictor import Predictor
+    from totalseg.run.predictor import Predictor
 
     real = sliding_window._streamed_labels
     monkeypatch.setattr(sliding_window, "_streamed_labels",
@@ -144,7 +144,7 @@ def test_meta_audit_catches_sums_kept_on_the_host(use_home, monkeypatch):
 def test_predictor_restores_torch_settings(use_home):
     import torch
 
-    from totalseg.predictor import Predictor, flushing_denormals
+    from totalseg.run.predictor import Predictor, flushing_denormals
 
     threads = torch.get_num_threads()
     cudnn = torch.backends.cudnn
@@ -167,7 +167,7 @@ def test_predictor_pins_cudnn_on_cuda_and_restores_the_callers_flags(use_home, m
     import torch
 
     from totalseg.predict import nnunet
-    from totalseg.predictor import Predictor
+    from totalseg.run.predictor import Predictor
 
     cudnn = torch.backends.cudnn
     seen = []
@@ -188,7 +188,7 @@ def test_predictor_pins_cudnn_on_cuda_and_restores_the_callers_flags(use_home, m
 
 
 def test_predictor_keeps_models_loaded_across_images(use_home):
-    from totalseg.predictor import Predictor
+    from totalseg.run.predictor import Predictor
 
     image = _small_image()
     plan = plan_run(get_task("total"), Options(roi_subset=("liver",)))
@@ -223,7 +223,7 @@ def test_unknown_engine_is_refused(use_home, tmp_path, monkeypatch):
 def test_fast_engine_on_gpu_request_is_refused_when_cuda_is_present(monkeypatch):
     import torch
 
-    from totalseg.predictor import Predictor
+    from totalseg.run.predictor import Predictor
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
@@ -233,8 +233,8 @@ def test_fast_engine_on_gpu_request_is_refused_when_cuda_is_present(monkeypatch)
 
 def test_progress_bar_counts_every_tile(use_home):
     """A bar per model run: its total is the model's tile count and it ends full."""
-    from totalseg.pipeline import predict
-    from totalseg.predictor import Predictor
+    from totalseg.run.pipeline import predict
+    from totalseg.run.predictor import Predictor
 
     bars = []
 
@@ -294,7 +294,7 @@ def test_fast_networks_release_their_buffers_after_each_run(use_home, monkeypatc
     """A kept model's OpenVINO buffers are freed when its run ends (a cohort keeps every model of a case
     loaded), also when the run fails; the next run uses them again."""
     from totalseg.predict import fast_engine
-    from totalseg.predictor import Predictor
+    from totalseg.run.predictor import Predictor
     from totalseg.registry import get_model
 
     if not fast_engine.available():
@@ -320,7 +320,7 @@ def test_input_grid_steps_sized_by_the_header_pixdim(task_name, monkeypatch):
     the affine's column lengths (measured: vertebrae_pp_refined on example_ct_sm with pixdim 1 mm and a 3 mm
     affine differs from pixdim 3 mm in 479 voxels, and ours equals the official's). Unusable pixdim (zero):
     the column lengths."""
-    from totalseg import pipeline
+    from totalseg.run import pipeline
 
     seen: list = []
     monkeypatch.setattr(pipeline.postprocess, "refine_vertebrae",

@@ -7,8 +7,8 @@ import pytest
 
 from conftest import REF
 from totalseg.cli.totalsegmentator import main
-from totalseg.pipeline import class_mask
-from totalseg.plan import Options, crop_source, plan_run
+from totalseg.run.pipeline import class_mask
+from totalseg.run.plan import Options, crop_source, plan_run
 from totalseg.registry import get_task
 
 
@@ -32,8 +32,8 @@ def test_every_class_name_is_accepted_and_cropped_by(task_name):
 def test_classes_the_crop_model_misses_give_empty_masks(use_home, tmp_path):
     """A class the (random) 6 mm model does not find anywhere: every requested file exists and is empty."""
     from totalseg.load.nifti import load_nifti
-    from totalseg.pipeline import predict
-    from totalseg.predictor import Predictor
+    from totalseg.run.pipeline import predict
+    from totalseg.run.predictor import Predictor
 
     image = load_nifti(REF / "example_ct_sm.nii.gz").volume
     total = get_task("total")

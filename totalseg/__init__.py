@@ -11,8 +11,8 @@ OFFICIAL_VERSION = "2.18.0"
 
 
 def totalsegmentator(*args, **kwargs):
-    """Segment an image; see :func:`totalseg.api.totalsegmentator`."""
-    from totalseg.api import totalsegmentator as _run
+    """Segment an image; see :func:`totalseg.run.api.totalsegmentator`."""
+    from totalseg.run.api import totalsegmentator as _run
 
     return _run(*args, **kwargs)
 
@@ -21,14 +21,14 @@ def check_options(options: dict) -> None:
     """Refuse, with a one-line :class:`totalseg.errors.UserError`, keyword options of :func:`totalsegmentator`
     that are unknown, malformed or not honoured, before any input is read (a service checks a job's options
     with it when the job is submitted)."""
-    from totalseg.api import check_options as _check
+    from totalseg.run.api import check_options as _check
 
     _check(options)
 
 
 def __getattr__(name: str):
     if name == "Predictor":  # imported on first use: torch stays unloaded until a model runs
-        from totalseg.predictor import Predictor
+        from totalseg.run.predictor import Predictor
 
         return Predictor
     raise AttributeError(f"module 'totalseg' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""``totalsegmentator.python_api``: the official Python entry point, forwarded to :mod:`totalseg.api`.
+"""``totalsegmentator.python_api``: the official Python entry point, forwarded to :mod:`totalseg.run.api`.
 
 Importing this module does not import torch; a call to :func:`totalsegmentator` does.
 """
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from totalseg.api import totalsegmentator
+from totalseg.run.api import totalsegmentator
 from totalseg.device import check_device
 from totalseg.errors import UserError
 

@@ -20,7 +20,7 @@ from totalseg.batch.stats_table import STATS_CSV, STATS_PARQUET, parquet_availab
 from totalseg.batch.table import CASES_CSV, DONE, FAILED, CaseRow, read_rows, write_rows
 from totalseg.errors import UserError
 from totalseg.notice import notice_printer
-from totalseg.predictor import chosen_engine
+from totalseg.run.predictor import chosen_engine
 
 # Options that name one case's files or are the cohort's own: not per-case options here.
 _NOT_PER_CASE = {"input": "inputs are the cohort's", "output": "outputs go to out_dir/<case_id>/",
@@ -108,7 +108,7 @@ def _check_options(options: dict[str, Any]) -> None:
 def _models_per_case(options: dict[str, Any], say, quiet: bool, install: bool) -> int:
     """How many models one case may run (the predictor keeps them all loaded); checks the task and the
     ROI names, and installs missing weights first (as a single run would), before any case starts."""
-    from totalseg.plan import Options, plan_run
+    from totalseg.run.plan import Options, plan_run
     from totalseg.registry import get_task
 
     task = options.get("task", "total")
@@ -169,7 +169,7 @@ def _runner(todo, out, options, device, engine, keep, predictor, in_flight, ray,
     from totalseg.batch.worker import CaseRunner
 
     if predictor is None:
-        from totalseg.predictor import Predictor
+        from totalseg.run.predictor import Predictor
 
         predictor = Predictor(device or "gpu", engine, keep_models=keep, notice=note, progress_bars=False)
     predictor.keep_models = max(predictor.keep_models, keep)  # else each case would load its models again

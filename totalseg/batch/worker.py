@@ -73,7 +73,7 @@ class _CaseView:
 def _point_report_at(report: Path, staging: Path, final: Path) -> list[str]:
     """Make the run report name the case folder the outputs are about to be renamed to (not the staging
     folder they were written in); returns its warnings."""
-    from totalseg.write.report import write_report
+    from totalseg.write.run_report import write_report
 
     manifest = json.loads(report.read_text(encoding="utf-8"))
     if manifest.get("output"):
@@ -132,7 +132,7 @@ class CaseRunner:
     def _segment(case: Case, out_dir: Path, options: Mapping[str, Any],
                  view: _CaseView) -> tuple[str, str, list[str]]:
         """Status, error and warnings of one attempt at ``case``."""
-        from totalseg.api import totalsegmentator
+        from totalseg.run.api import totalsegmentator
 
         staging = None
         try:
@@ -156,7 +156,7 @@ class CaseWorker:
     """The body of a Ray actor: one predictor, loaded once, running the cases sent to it."""
 
     def __init__(self, device: str, engine: str, threads: int | None, keep_models: int):
-        from totalseg.predictor import Predictor
+        from totalseg.run.predictor import Predictor
 
         predictor = Predictor(device, engine, threads=threads, keep_models=keep_models, progress_bars=False,
                               notice=lambda _: None)

@@ -72,7 +72,7 @@ def modality(image, normalized: bool = False, model_path: str | os.PathLike | No
     img = nib.load(os.fspath(image)) if isinstance(image, (str, os.PathLike)) else image
     if not normalized:
         return predict(image_features(img.get_fdata()), boosters)
-    from totalseg.api import totalsegmentator
+    from totalseg.run.api import totalsegmentator
 
     say("Running the fast total_mr model...")
     # quiet: the input checks of that inner total_mr run would call a CT "not an MR", which is the question here

@@ -86,7 +86,7 @@ def segment_statistics(image, device: str = "gpu", quiet: bool = True,
                        say: Callable[[str], None] = lambda m: None) -> tuple[dict, dict | None]:
     """Median statistics (border masks included) of the fast total model, and of
     headneck_bones_vessels when the brain is in view, by running the models on ``image``."""
-    from totalseg.api import totalsegmentator
+    from totalseg.run.api import totalsegmentator
 
     common = dict(ml=True, statistics=True, statistics_exclude_masks_at_border=False,
                   stats_aggregation="median", quiet=quiet, device=device)
@@ -120,7 +120,7 @@ def contrast_phase(image=None, stats_total: Mapping | None = None, stats_neck: M
         if all(name in stats_total for name in NECK_VESSELS):
             stats_neck = stats_total
         elif image is not None:
-            from totalseg.api import totalsegmentator
+            from totalseg.run.api import totalsegmentator
 
             say("Brain in view: running headneck_bones_vessels...")
             _, stats_neck = totalsegmentator(image, None, ml=True, task="headneck_bones_vessels",

@@ -119,7 +119,7 @@ def _main(args: argparse.Namespace) -> int:
         raise UserError(f"the input file or folder does not exist: {args.input}")
     if args.html_report is not None and (args.skip_saving or args.save_lowres or args.output_type != ["nifti"]):
         raise UserError("--html_report reads the NIfTI masks on the input's grid: not with -ss, -sl or DICOM output")
-    from totalseg.api import totalsegmentator
+    from totalseg.run.api import totalsegmentator
 
     totalsegmentator(
         args.input.absolute(), args.output.absolute(), ml=args.ml, fast=args.fast, fastest=args.fastest,

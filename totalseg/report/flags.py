@@ -5,7 +5,7 @@ says what was found. Sources:
 
 * the run: failed runs, and the input-check warnings of the run report JSON (``--report``: its ``warnings``,
   one line each, or, read tolerantly, lists of objects under a key like ``input_checks``); without a run
-  report the same checks (:func:`totalseg.checks.image_warnings`: not HU, modality, orientation) are run here
+  report the same checks (:func:`totalseg.load.image_checks.image_warnings`: not HU, modality, orientation) are run here
   on the image;
 * the segmentation: masks cut by the field of view (from the statistics' ``incomplete``);
 * the cohort: a class whose volume is far outside the cohort's distribution, a class missing where most
@@ -101,7 +101,7 @@ def report_flags(report: Mapping[str, Any] | None) -> list[Flag]:
 
 def image_flags(image: np.ndarray, affine: np.ndarray, modality: str, task: str | None) -> list[Flag]:
     """The run's input checks, run here for a case without a run report."""
-    from totalseg.checks import image_warnings
+    from totalseg.load.image_checks import image_warnings
     from totalseg.volume import Volume
 
     lines = image_warnings(Volume(np.asarray(image), np.asarray(affine, dtype=float)), modality.lower(),

@@ -7,22 +7,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from totalseg import config, option_checks
+from totalseg import config
+from totalseg.run import options as option_checks
 from totalseg.assemble.postprocess import body_masks, to_v1_order
-from totalseg.checks import cut_off_warning, image_warnings
+from totalseg.load.image_checks import cut_off_warning, image_warnings
 from totalseg.errors import UserError
 from totalseg.notice import notice_printer, timed
 from totalseg.install import ensure_installed, missing_models, source_from_environment
 from totalseg.load.dicom import is_dicom_input, load_dicom, scan_dicom
 from totalseg.load.nifti import load_nifti
-from totalseg.pipeline import segment
-from totalseg.plan import Options, plan_run
+from totalseg.run.pipeline import segment
+from totalseg.run.plan import Options, plan_run
 from totalseg.prepare.orient import from_canonical
 from totalseg.registry import get_task
 from totalseg.weights import model_folder
 from totalseg.write.labelmap import with_label_table
 from totalseg.write.nifti import label_image, save_multilabel, save_per_class
-from totalseg.write.report import build_run_report, write_report
+from totalseg.write.run_report import build_run_report, write_report
 from totalseg.write.statistics import compute_statistics, write_statistics
 
 
@@ -119,7 +120,7 @@ def _lowres_output(result, image):
 def _run_segment(image, plan, say, predictor, device, engine, quiet, debug, input, task, **options):
     """``segment`` with the run's own predictor (or the one given); ``--debug`` names the input and task
     when it fails unexpectedly. Returns the result and the device the networks ran on."""
-    from totalseg.predictor import Predictor
+    from totalseg.run.predictor import Predictor
 
     try:
         if predictor is None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from totalseg.device import check_device
 from totalseg.errors import UserError
-from totalseg.predictor import check_engine, chosen_engine
+from totalseg.run.predictor import check_engine, chosen_engine
 
 # Official options that totalseg refuses (one line, before any work), and why.
 _REFUSED = {
@@ -146,7 +146,7 @@ def say_inert_options(say, crop_path) -> None:
 
 def resample_threads(nr_thr_resamp: int | None) -> int:
     """Threads for resampling: ``nr_thr_resamp``, or every core this process may use (same values either way)."""
-    from totalseg.predictor import default_threads
+    from totalseg.run.predictor import default_threads
 
     if nr_thr_resamp is None:
         return default_threads()

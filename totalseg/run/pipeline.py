@@ -1,4 +1,4 @@
-"""The segmentation pipeline: prepare → predict → assemble, following a :class:`~totalseg.plan.RunPlan`.
+"""The segmentation pipeline: prepare → predict → assemble, following a :class:`~totalseg.run.plan.RunPlan`.
 
 ``segment`` carries out a plan on one image; every model is run through a ``Labeller`` (the
 predictor, which owns the device, the engine and the loaded models). Each step is a plain function
@@ -15,7 +15,7 @@ from totalseg.assemble import crop as cropping
 from totalseg.assemble import postprocess, split
 from totalseg.assemble.merge import label_lut, paste_part
 from totalseg.notice import timed
-from totalseg.plan import REMOVE_OUTSIDE_MM, ModelStep, RunPlan
+from totalseg.run.plan import REMOVE_OUTSIDE_MM, ModelStep, RunPlan
 from totalseg.prepare import resample
 from totalseg.prepare.orient import from_canonical, to_canonical
 from totalseg.registry import Model, Task

@@ -3,7 +3,7 @@
 The keys and their order are the official ones. ``totalsegmentator_version`` is the official version this
 package reproduces; ``nnunetv2_version`` is null (no nnU-Net code runs here: the networks run on totalseg's
 own engine); three keys follow the official ones: ``totalseg_version``, ``engine`` (exact or fast) and
-``warnings`` (the lines of the input checks, :mod:`totalseg.checks`).
+``warnings`` (the lines of the input checks, :mod:`totalseg.load.image_checks`).
 """
 from __future__ import annotations
 

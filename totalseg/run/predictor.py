@@ -215,7 +215,7 @@ class Predictor:
     def segment(self, input, output=None, **options):
         """Segment ``input`` as :func:`totalseg.totalsegmentator` does, with this predictor's
         device, engine and loaded models; returns what that function returns."""
-        from totalseg.api import totalsegmentator
+        from totalseg.run.api import totalsegmentator
 
         for key in ("device", "engine"):
             if key in options:
