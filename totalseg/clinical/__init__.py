@@ -1,0 +1,1 @@
+"""Clinical reports from masks: spine (vertebral heights, density), aorta, pulmonary artery."""
