@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-import totalseg.run.api
+import totalseg.run.steps
 from conftest import DATA, REF
 from totalseg.load.image_checks import cut_off_warning, image_warnings
 from totalseg.cli.totalsegmentator import main
@@ -144,8 +144,8 @@ def test_checks_never_change_outputs_and_quiet_silences_them(use_home, tmp_path,
     assert capsys.readouterr().err == ""
     warnings = json.loads((tmp_path / "report.json").read_text())["warnings"]
     assert any("left-right" in w for w in warnings) and any("field of view" in w for w in warnings)
-    monkeypatch.setattr(totalseg.run.api, "image_warnings", lambda *a, **k: [])
-    monkeypatch.setattr(totalseg.run.api, "cut_off_warning", lambda *a, **k: [])
+    monkeypatch.setattr(totalseg.run.steps, "image_warnings", lambda *a, **k: [])
+    monkeypatch.setattr(totalseg.run.steps, "cut_off_warning", lambda *a, **k: [])
     _run(src, tmp_path / "unchecked.nii.gz", "total")
     assert "WARNING" not in capsys.readouterr().err
     checked, unchecked = nib.load(tmp_path / "checked.nii.gz"), nib.load(tmp_path / "unchecked.nii.gz")

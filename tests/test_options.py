@@ -202,12 +202,12 @@ def test_remove_small_blobs_needs_a_positive_size(capsys):
 def test_notices_and_debug(use_home, tmp_path, capsys, monkeypatch):
     """-v1o on another task and -cp say they have no effect; --debug names input and task on an
     unexpected error. (The prediction is replaced: these happen before or around it.)"""
-    import totalseg.run.api
+    import totalseg.run.steps
 
     def boom(*_args, **_kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(totalseg.run.api, "segment", boom)
+    monkeypatch.setattr(totalseg.run.steps, "segment", boom)
     args = ["-i", str(CT), "-o", str(tmp_path / "o.nii.gz"), "--ml", "-ta", "body", "--fast", "-v1o",
             "-cp", str(tmp_path), "-nr", "2", "--debug", "-d", "cpu"]
     with pytest.raises(RuntimeError, match="boom"):

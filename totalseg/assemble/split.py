@@ -1,4 +1,4 @@
-"""The official three-way split along z for very large images (and ``--force_split``)."""
+"""The official three-way split along z for very large images (and ``-fs``)."""
 from __future__ import annotations
 
 import numpy as np

@@ -20,13 +20,7 @@ from totalseg.batch.stats_table import STATS_CSV, STATS_PARQUET, parquet_availab
 from totalseg.batch.table import CASES_CSV, DONE, FAILED, CaseRow, read_rows, write_rows
 from totalseg.errors import UserError
 from totalseg.notice import notice_printer
-from totalseg.run.predictor import chosen_engine
-
-# Options that name one case's files or are the cohort's own: not per-case options here.
-_NOT_PER_CASE = {"input": "inputs are the cohort's", "output": "outputs go to out_dir/<case_id>/",
-                 "report": "each case folder gets its run_report.json", "series_uid": "each case picks its own series",
-                 "verbose": "per-case progress is not shown", "quiet": "pass quiet to segment_cohort",
-                 "debug": "errors are in cases.csv"}
+from totalseg.run.engine import chosen_engine
 
 _TABLES = (CASES_CSV, STATS_CSV, STATS_PARQUET)
 
@@ -98,34 +92,36 @@ def segment_cohort(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
 
 
 def _check_options(options: dict[str, Any]) -> None:
-    for name, why in _NOT_PER_CASE.items():
-        if options.get(name) not in (None, False):
-            raise UserError(f"{name} is not a per-case option in a cohort ({why})")
+    """Each case's options: the table's per-case options only, checked as a single run checks them."""
+    from totalseg.run.options import collect, per_case_names, table
+
+    for name in options:
+        if name in table() and name not in per_case_names():
+            raise UserError(f"{name} is not a per-case option in a cohort (each case folder gets its outputs and "
+                            "run_report.json; pass quiet, device and engine to segment_cohort)")
     if options.get("statistics") not in (None, False, True):
         raise UserError("statistics takes no path in a cohort: statistics.json goes into each case folder")
+    collect(options)
 
 
 def _models_per_case(options: dict[str, Any], say, quiet: bool, install: bool) -> int:
     """How many models one case may run (the predictor keeps them all loaded); checks the task and the
     ROI names, and installs missing weights first (as a single run would), before any case starts."""
-    from totalseg.run.plan import Options, plan_run
     from totalseg.registry import get_task
+    from totalseg.run.options import collect
+    from totalseg.run.plan import plan_options, plan_run
 
-    task = options.get("task", "total")
-    roi = options.get("roi_subset_robust") or options.get("roi_subset")
-    plan_options = Options(fast=bool(options.get("fast")), fastest=bool(options.get("fastest")),
-                           roi_subset=tuple(roi) if roi else None, body_seg=bool(options.get("body_seg")),
-                           robust_crop=bool(options.get("robust_crop") or options.get("roi_subset_robust")))
-    models = plan_run(get_task(task), plan_options).models()
+    values = collect(options)
+    models = plan_run(get_task(values.task), plan_options(values)).models()
     if install:
         from totalseg.install import ensure_installed, missing_models, source_from_environment
 
         if missing_models(models):
             ensure_installed(models, source_from_environment(), quiet=quiet, say=say)
-    other = {"total": "total_mr", "total_mr": "total"}.get(task)  # a DICOM series' modality may switch them
+    other = {"total": "total_mr", "total_mr": "total"}.get(values.task)  # a DICOM series' modality may switch them
     if other is not None:
         try:
-            models = [*models, *plan_run(get_task(other), plan_options).models()]
+            models = [*models, *plan_run(get_task(other), plan_options(values)).models()]
         except UserError:
             pass  # options that fit only the task asked for: that task's cases fail on their own
     return len({m.id for m in models})

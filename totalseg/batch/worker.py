@@ -70,31 +70,10 @@ class _CaseView:
             return self._predictor.model_labels(model, *args, **kwargs)
 
 
-def _point_report_at(report: Path, staging: Path, final: Path) -> list[str]:
-    """Make the run report name the case folder the outputs are about to be renamed to (not the staging
-    folder they were written in); returns its warnings."""
-    from totalseg.write.run_report import write_report
-
+def _report_warnings(report: Path) -> list[str]:
+    """The warnings of a case's run report."""
     manifest = json.loads(report.read_text(encoding="utf-8"))
-    if manifest.get("output"):
-        inside = Path(manifest["output"]).absolute().relative_to(staging.absolute())
-        manifest["output"] = str(final.absolute() / inside)
-    write_report(manifest, report)
     return [str(w) for w in manifest.get("warnings", [])]
-
-
-def case_output(staging: Path, options: Mapping[str, Any]) -> Path:
-    """The ``-o`` a single run gets so that it writes into ``staging``: the folder itself for per-class masks,
-    ``segmentations.nii.gz`` with --ml, ``segmentations_seg.dcm`` / ``segmentations_rtstruct.dcm`` for a DICOM
-    output (several types: the folder, names from ``segmentations``). statistics.json lands in the folder."""
-    types = options.get("output_type") or ["nifti"]
-    types = [types] if isinstance(types, str) else types
-    types = {"dicom_rtstruct" if t == "dicom" else t for item in types for t in str(item).split(",") if t}
-    if types <= {"nifti"}:
-        return staging / "segmentations.nii.gz" if options.get("ml") else staging
-    if len(types) == 1:
-        return staging / ("segmentations_seg.dcm" if "dicom_seg" in types else "segmentations_rtstruct.dcm")
-    return staging / "segmentations"
 
 
 def one_line(exc: BaseException) -> str:
@@ -132,7 +111,9 @@ class CaseRunner:
     def _segment(case: Case, out_dir: Path, options: Mapping[str, Any],
                  view: _CaseView) -> tuple[str, str, list[str]]:
         """Status, error and warnings of one attempt at ``case``."""
-        from totalseg.run.api import totalsegmentator
+        from totalseg.run.options import collect
+        from totalseg.run.setup import case_output
+        from totalseg.run.steps import run
 
         staging = None
         try:
@@ -140,9 +121,12 @@ class CaseRunner:
                 raise UserError(f"the input does not exist: {case.input}")
             staging = new_staging(out_dir, case.case_id)
             final = case_folder(out_dir, case.case_id)
-            totalsegmentator(case.input, case_output(staging, options), predictor=view,
-                             report=staging / RUN_REPORT, **options)
-            warnings = _point_report_at(staging / RUN_REPORT, staging, final)
+            values = collect({**options, "report": staging / RUN_REPORT})
+            output = case_output(staging, values)
+            # The run report names the case folder the outputs are about to be renamed to.
+            run(case.input, output, values, predictor=view,
+                setup_changes={"report_output": final.absolute() / output.relative_to(staging)})
+            warnings = _report_warnings(staging / RUN_REPORT)
             publish(staging, final)
             return DONE, "", warnings
         except Exception as e:  # noqa: BLE001 - one bad case must not stop the cohort

@@ -13,24 +13,22 @@ from totalseg.cli.common import run
 from totalseg.cli.totalsegmentator import parser as single_case_parser
 from totalseg.errors import UserError
 
-# Options of TotalSegmentator that name one case's files or print listings: hidden here, refused if given.
-_HIDDEN = {"report", "series_uid", "verbose", "debug", "list_tasks", "list_classes"}
-# Options passed to each case as they are (totalsegmentator's keyword = the option's dest).
-_PASSED = ("ml", "fast", "fastest", "preview", "nr_thr_resamp", "nr_thr_saving", "nora_tag", "crop_path", "test",
-           "model_size", "task", "roi_subset", "roi_subset_robust", "statistics", "radiomics", "body_seg",
-           "force_split", "output_type", "skip_saving", "license_number", "no_derived_masks", "v1_order",
-           "stats_aggregation", "remove_small_blobs", "robust_crop", "higher_order_resampling",
-           "higher_order_resampling_LEGACY", "save_probabilities", "statistics_extra", "save_lowres",
-           "resampling_order")
-# This command's own options (and those it reads itself).
+# This command's own options (and those it reads itself: the predictor's device and engine, quiet).
 _OWN = {"help", "version", "inputs", "output", "retry_failed", "in_flight", "ray", "ray_cpus_per_worker",
-        "ray_workers", "quiet", "device", "engine", "stats_include_incomplete", "html_report"}
+        "ray_workers", "quiet", "device", "engine", "html_report"}
+
+
+def _single_run_only() -> set[str]:
+    """Options of TotalSegmentator that name one case's files or print listings: hidden here, refused if given."""
+    from totalseg.run.options import OPTIONS
+
+    return {o.dest for o in OPTIONS if not o.cohort and o.flags} - _OWN | {"list_tasks", "list_classes"}
 
 
 def _parser() -> argparse.ArgumentParser:
     single = single_case_parser()  # its per-case options, defined once
     for action in single._actions:
-        if action.dest in _HIDDEN:
+        if action.dest in _single_run_only():
             action.help = argparse.SUPPRESS
     p = argparse.ArgumentParser(
         prog="totalseg_batch", parents=[single], conflict_handler="resolve",
@@ -58,18 +56,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _case_options(args: argparse.Namespace) -> dict:
-    """The keyword options of ``totalsegmentator`` each case gets."""
-    options = {name: getattr(args, name) for name in _PASSED}
-    options["statistics_exclude_masks_at_border"] = not args.stats_include_incomplete
-    return options
+    """The keyword options of ``totalsegmentator`` each case gets: the table's per-case options."""
+    from totalseg.run.options import from_command_line, per_case_names
+
+    return from_command_line(args, per_case_names())
 
 
 def _refuse_unhandled(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """An option of TotalSegmentator that this command does not pass on is refused, never ignored (also one
-    added to TotalSegmentator later)."""
+    """An option of TotalSegmentator that this command does not pass on is refused, never ignored."""
+    from totalseg.run.options import per_case_names, table
+
+    passed = {o.dest for name, o in table().items() if name in per_case_names()}
     for action in parser._actions:
         dest = action.dest
-        if dest in _PASSED or dest in _OWN or getattr(args, dest, None) == action.default:
+        if dest in passed or dest in _OWN or getattr(args, dest, None) == action.default:
             continue
         flag = max(action.option_strings, key=len, default=dest)
         raise UserError(f"{flag} is an option of single runs, not available in totalseg_batch")

@@ -59,7 +59,7 @@ def run_models(vol: Volume, step: ModelStep, labeller: Labeller, progress: Progr
     ``blobs_mm3`` (``--remove_small_blobs``): after the task's postprocessing, components of at most
     this many mm³ go, for every class of the task."""
     task, data = step.task, vol.data
-    ranges = (split.chunks(data.shape[2]) if split.needs_split(data.shape, step.multi_model, step.force_split)
+    ranges = (split.chunks(data.shape[2]) if split.needs_split(data.shape, step.multi_model, step.split_z)
               else [slice(0, data.shape[2])])
     pieces = []
     for z in ranges:
@@ -96,7 +96,7 @@ def predict(image: Volume, step: ModelStep, labeller: Labeller, progress: Progre
         small = canon
     else:
         with timed(progress, f"resampled to {_mm(spacing)} mm"):
-            small = resample.to_spacing(canon, spacing, step.resampling_order, threads=resample_threads)
+            small = resample.to_spacing(canon, spacing, step.image_order, threads=resample_threads)
     labels = run_models(small, step, labeller, progress, blobs_mm3)
     low = Volume(labels, small.affine)
     if spacing is None:

@@ -37,6 +37,14 @@ class Options:
     resampling_order: int = 1
 
 
+def plan_options(values) -> Options:
+    """The plan's options from a run's checked options (:class:`totalseg.run.options.RunOptions`)."""
+    roi = values.roi_subset
+    return Options(fast=bool(values.fast), fastest=bool(values.fastest), roi_subset=tuple(roi) if roi else None,
+                   robust_crop=bool(values.robust_crop), body_seg=bool(values.body_seg),
+                   force_split=bool(values.force_split), resampling_order=int(values.resampling_order))
+
+
 @dataclass(frozen=True)
 class ModelStep:
     """The models of one task mode applied to an image; several part models are merged."""
@@ -44,8 +52,8 @@ class ModelStep:
     task: Task
     models: tuple[Model, ...]
     resample: tuple[float, float, float] | None
-    force_split: bool
-    resampling_order: int
+    split_z: bool  # in three chunks along z (-fs)
+    image_order: int  # spline order of the image's resampling to the model's grid (-ro)
 
     @property
     def multi_model(self) -> bool:
@@ -92,11 +100,11 @@ class RunPlan:
 
 
 def _step(task: Task, mode_name: str | None, options: Options, models: Sequence[Model] | None = None,
-          force_split: bool | None = None) -> ModelStep:
+          split_z: bool | None = None) -> ModelStep:
     mode = task.modes[mode_name] if mode_name else task.mode(options.fast, options.fastest)
     chosen = tuple(models) if models is not None else tuple(get_model(i) for i in mode.models)
     return ModelStep(task, chosen, mode.resample,
-                     options.force_split if force_split is None else force_split, options.resampling_order)
+                     options.force_split if split_z is None else split_z, options.resampling_order)
 
 
 def check_roi_subset(task: Task, roi_subset: Sequence[str]) -> None:
@@ -154,5 +162,5 @@ def plan_run(task: Task | str, options: Options) -> RunPlan:
     refine = None
     if task.postprocess == "vertebrae_pp_refined":
         # The official tool runs it on the whole image, never split, whatever -bs / -fs say.
-        refine = _step(get_task(REFINE_BODIES_TASK), "default", options, force_split=False)
+        refine = _step(get_task(REFINE_BODIES_TASK), "default", options, split_z=False)
     return RunPlan(task, main, class_map, tuple(roi) if roi else None, _crop(task, options), refine)

@@ -30,22 +30,7 @@ from totalseg.device import select_device
 from totalseg.errors import UserError
 from totalseg.notice import notice_printer, timed
 from totalseg.registry import Model
-
-ENGINES = ("exact", "fast")
-
-
-def check_engine(engine: str) -> str:
-    """``engine`` if it is one of ENGINES; else the one-line refusal."""
-    if engine not in ENGINES:
-        raise UserError(f"unknown engine '{engine}'; use exact or fast")
-    return engine
-
-
-def chosen_engine(engine: str | None) -> str:
-    """``engine``, else ``$TOTALSEG_ENGINE`` (for scripts that cannot change their command line), else
-    "exact"; checked."""
-    return check_engine(engine or os.environ.get("TOTALSEG_ENGINE") or "exact")
-
+from totalseg.run.engine import check_engine, chosen_engine, default_threads
 
 def flushing_denormals() -> bool:
     """Whether this thread flushes subnormal floats to zero (torch has no getter: a subnormal
@@ -74,14 +59,6 @@ def torch_settings(threads: int | None, flush_denormal: bool, pin_cudnn: bool = 
         torch.set_num_threads(before[0])
         torch.set_flush_denormal(before[1])
         cudnn.benchmark, cudnn.deterministic = before[2], before[3]
-
-
-def default_threads() -> int:
-    """The cores this process may use (the official tool uses all of them on the CPU)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def _tile_bar(name: str, total: int):
@@ -215,9 +192,10 @@ class Predictor:
     def segment(self, input, output=None, **options):
         """Segment ``input`` as :func:`totalseg.totalsegmentator` does, with this predictor's
         device, engine and loaded models; returns what that function returns."""
-        from totalseg.run.api import totalsegmentator
+        from totalseg.run.options import collect
+        from totalseg.run.steps import run
 
         for key in ("device", "engine"):
             if key in options:
                 raise UserError(f"{key} is the predictor's: Predictor({key}=...), not segment({key}=...)")
-        return totalsegmentator(input, output, predictor=self, **options)
+        return run(input, output, collect(options), predictor=self)

@@ -20,17 +20,19 @@ def device_name(device: str) -> str:
 
 
 def build_run_report(input, output, task: str, modality: str, license_required: bool, device: str,
-                     fast: bool, fastest: bool, ml: bool, output_type, roi_subset: Sequence[str] | None,
-                     classes: Mapping[int, str], runtime_seconds: float, save_lowres: bool = False,
-                     engine: str | None = None, warnings: Sequence[str] = ()) -> dict:
-    """The manifest of a finished run (no side effects). ``classes``: the task's classes, roi-filtered."""
+                     option_fields: Mapping[str, object], classes: Mapping[int, str], runtime_seconds: float,
+                     engine: str | None = None, warnings: Sequence[str] = (), written_to=None) -> dict:
+    """The manifest of a finished run (no side effects). ``option_fields``: the options the official manifest
+    records, in its order (:func:`totalseg.run.options.report_fields`); ``classes``: the task's classes,
+    roi-filtered. ``written_to``: where the outputs are now, when ``output`` names where they will be moved."""
     import torch
 
     from totalseg import OFFICIAL_VERSION, __version__
 
     output_files = []
-    if output is not None and Path(output).is_dir():
-        output_files = sorted(p.name for p in Path(output).glob("*.nii.gz"))
+    folder = output if written_to is None else written_to
+    if folder is not None and Path(folder).is_dir():
+        output_files = sorted(p.name for p in Path(folder).glob("*.nii.gz"))
     return {
         "totalsegmentator_version": OFFICIAL_VERSION,
         "nnunetv2_version": None,
@@ -39,12 +41,7 @@ def build_run_report(input, output, task: str, modality: str, license_required: 
         "modality": modality.upper(),
         "license_required": bool(license_required),
         "device": device_name(device),
-        "fast": fast,
-        "fastest": fastest,
-        "save_lowres": save_lowres,
-        "multilabel": ml,
-        "output_type": output_type,
-        "roi_subset": None if roi_subset is None else list(roi_subset),
+        **option_fields,
         "input": str(Path(input)) if isinstance(input, (str, Path)) else "Nifti1Image",
         "output": None if output is None else str(output),
         "num_classes": len(classes),
