@@ -348,3 +348,46 @@ def test_orthanc_sends_series_and_gets_seg(series, seg, tmp_path, start_node, or
     assert len(client.get("/instances").json()) == 21
     assert len(store.submitted) == 1 and len(list(store.submitted[0]["input"].iterdir())) == 20
     _assert_no_patient_data(node.said, series)
+
+
+# -- the real service ----------------------------------------------------------------------------------------
+def test_totalseg_serve_end_to_end(series, seg, tmp_path, storescp, fake_home, request):
+    """``totalseg_serve --dicom-port``: storescu's series is segmented by the service's worker and its SEG,
+    the same as ``TotalSegmentator`` writes with the same options, arrives at storescp."""
+    _need(*DCMTK.values())
+    import httpx
+    from weights_server import closed_port_url
+
+    dest_port, received = storescp()
+    http_port, dicom_port = _free_port(), _free_port()
+    options = {"fastest": True, "roi_subset": ["liver", "spleen", "kidney_left"]}
+    env = {**os.environ, "TOTALSEG_HOME_DIR": str(fake_home), "TOTALSEG_WEIGHTS_URL": closed_port_url()}
+    env.pop("TOTALSEG_WEIGHTS_PATH", None)
+    command = shutil.which("totalseg_serve", path=str(Path(sys.executable).parent)) or "totalseg_serve"
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen([command, "--port", str(http_port), "--data", str(tmp_path / "service"), "-d", "cpu",
+                             "--dicom-port", str(dicom_port), "--dicom-aet", "TOTALSEG",
+                             "--dicom-dest", f"DEST@127.0.0.1:{dest_port}", "--dicom-options", json.dumps(options),
+                             "--dicom-quiet-seconds", "1", "--dicom-allowed-aets", "STORESCU"],
+                            env=env, stdout=log, stderr=log)
+    request.addfinalizer(lambda: (proc.terminate(), proc.wait(timeout=30), log.close()))
+    said = lambda: (tmp_path / "serve.log").read_text(errors="replace")  # noqa: E731
+
+    def listening():
+        assert proc.poll() is None, said()[-3000:]
+        return _echo("TOTALSEG", dicom_port, calling="STORESCU") == 0
+
+    _wait_for(listening, 60, "the service's DICOM node")
+    assert _echo("TOTALSEG", dicom_port, calling="INTRUDER") != 0
+    assert _storescu(dicom_port, series["files"]).returncode == 0
+    got = _wait_for(lambda: _received(received), 180, "the service's SEG at storescp")
+    made = pydicom.dcmread(seg)
+    assert len(got) == 1 and got[0].SOPClassUID == SEG_CLASS
+    assert got[0].PixelData == made.PixelData and got[0].NumberOfFrames == made.NumberOfFrames
+    assert [s.SegmentLabel for s in got[0].SegmentSequence] == [s.SegmentLabel for s in made.SegmentSequence]
+    assert got[0].ReferencedSeriesSequence[0].SeriesInstanceUID == series["series"]
+    jobs = httpx.get(f"http://127.0.0.1:{http_port}/api/jobs", timeout=30).json()
+    jobs = jobs.get("jobs", jobs) if isinstance(jobs, dict) else jobs
+    assert [(j["state"], j["origin"]) for j in jobs] == [("done", "dicom")]
+    for secret in (PATIENT_NAME, PATIENT_ID, series["series"]):
+        assert secret not in said()

@@ -8,7 +8,8 @@ Layout in the service's data folder (beside the job store's ``jobs.sqlite``)::
     dicom/incoming/<series>/    the instances of a series still arriving, one file per SOP instance
     dicom/staged/<n>/           a quiet series on its way into the job store (which moves it into the job)
 
-Logs name series by their row number and jobs by their id: never a patient's name or ID, nor a UID.
+Logs name series by their row number and jobs by their id: never a patient's name or ID, nor a UID of the images
+received.
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ _TRANSFER_SYNTAXES = [
 _SUCCESS = {0x0000, 0xB000, 0xB006, 0xB007}  # success, and the C-STORE warnings (stored, with coercion)
 _FAILED_STORE = 0xC000  # "cannot understand": an instance without usable UIDs
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
-_TICK = 0.2  # seconds between looks at the series and the sends
+_TICK = 0.5  # seconds between looks at the series, the jobs and the sends
 _RETRY_FIRST = 2.0  # seconds before the first retry of a failed send; doubled each time up to _RETRY_MAX
 _RETRY_MAX = 300.0
 _ATTEMPTS_PER_RUN = 8  # then the send waits for the next start of the node
@@ -149,6 +150,8 @@ class DicomNode:
             self._threads.append(thread)
         self.notice(f"DICOM node {self.aet} listening on port {self.port}"
                     + (f", sending results to {self.dest[0]}@{self.dest[1]}:{self.dest[2]}" if self.dest else ""))
+        if not self.allowed_aets:
+            self.notice("WARNING: the DICOM node accepts any calling AE title; restrict it with --dicom-allowed-aets")
 
     def stop(self) -> None:
         """Stop listening and let the threads end (what is pending stays in the database for the next start)."""
@@ -263,7 +266,7 @@ class DicomNode:
             return
         try:
             job = self.store.submit(Path(row["folder"]), self.options, origin="dicom")
-        except UserError as e:
+        except Exception as e:  # noqa: BLE001 - e.g. a full disk: this series fails, the node goes on
             self._set_series(n, "failed")
             self.notice(f"WARNING: DICOM node: series #{n} not submitted: {_one_line(e)}")
             return
@@ -311,8 +314,8 @@ class DicomNode:
             return
         try:
             results = send_files(self.aet, self.dest, [Path(r["path"]) for r in due])
-        except OSError as e:  # not reachable, refused, or the echo failed: every file waits for a retry
-            results = [str(e)] * len(due)
+        except Exception as e:  # noqa: BLE001 - unreachable, refused, no echo, unreadable: all wait for a retry
+            results = [_one_line(e)] * len(due)
         for row, error in zip(due, results):
             self._note_send(row, error)
 
