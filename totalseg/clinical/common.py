@@ -249,3 +249,57 @@ FOOTER_LINES = (
     "Please cite: https://pubs.rsna.org/doi/10.1148/ryai.230024",
     "totalseg: an open-source implementation of TotalSegmentator",
 )
+
+
+def _dicom_time(value: str) -> datetime:
+    """A DICOM TM value (``HHMMSS`` or ``HHMMSS.ffffff``)."""
+    for fmt in ("%H%M%S.%f", "%H%M%S"):
+        try:
+            return datetime.strptime(value, fmt)
+        except ValueError:
+            pass
+    raise UserError(f"the DICOM time {value!r} is not HHMMSS[.ffffff]; fix the header or leave out -on")
+
+
+def header_file(nifti_path: Path) -> Path:
+    """The DICOM header file stored beside a converted series: ``<study>/DICOM/DICOMHEADER_s<NNN>[_a0N].dcm``.
+
+    ``nifti_path`` lies one folder below the study folder and its name holds the series number (``s<NNN>``,
+    at the start or after ``_``) and maybe an acquisition suffix ``a0<N>``.
+    """
+    import re
+
+    name = Path(nifti_path).name
+    number = re.search(r"(?:^|_)s(\d{3})", name)
+    if number is None:
+        raise UserError(f"no series number (s<NNN>) in the file name {name}; rename it or leave out -on")
+    suffix = re.search(r"a0\d", name)
+    tail = f"_{suffix.group(0)}" if suffix else ""
+    return Path(nifti_path).parents[1] / "DICOM" / f"DICOMHEADER_s{int(number.group(1)):03d}{tail}.dcm"
+
+
+def injection_delay(nifti_path: Path) -> float:
+    """Seconds from the contrast bolus start to the content time, from the series' stored DICOM header.
+
+    0.0 when the header has no bolus start time, -100.0 when the header or its times are missing.
+    """
+    import pydicom
+
+    path = header_file(nifti_path)
+    if not path.exists():
+        return -100.0
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    if not all(tag in ds for tag in ("SeriesTime", "AcquisitionTime", "ContentTime")):
+        return -100.0
+    if "ContrastBolusStartTime" not in ds:
+        return 0.0
+    content, bolus = _dicom_time(str(ds.ContentTime)), _dicom_time(str(ds.ContrastBolusStartTime))
+    return round(abs((content - bolus).total_seconds()), 2)
+
+
+def header_phase(nifti_path: Path) -> tuple[str, float]:
+    """Contrast phase and time since injection from the DICOM header stored beside a converted series."""
+    from totalseg.classify.phase import phase_of
+
+    pi_time = injection_delay(nifti_path)
+    return ("error" if pi_time < -5 else phase_of(pi_time)[0]), pi_time
