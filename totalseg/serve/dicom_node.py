@@ -45,6 +45,7 @@ _TRANSFER_SYNTAXES = [
 ]
 _SUCCESS = {0x0000, 0xB000, 0xB006, 0xB007}  # success, and the C-STORE warnings (stored, with coercion)
 _FAILED_STORE = 0xC000  # "cannot understand": an instance without usable UIDs
+_OUT_OF_RESOURCES = 0xA700
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _TICK = 0.5  # seconds between looks at the series, the jobs and the sends
 _RETRY_FIRST = 2.0  # seconds before the first retry of a failed send; doubled each time up to _RETRY_MAX
@@ -120,8 +121,6 @@ class DicomNode:
     def start(self, host: str, port: int) -> None:
         import logging
 
-        from pynetdicom import AE, evt
-
         # pynetdicom's own log (debug level) shows dataset elements, patient's name among them: keep it quiet.
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
         for sub in ("tmp", "incoming", "staged"):
@@ -129,20 +128,7 @@ class DicomNode:
         for part in (self.root / "tmp").iterdir():  # instances cut off by a stop: their sender got no success
             part.unlink(missing_ok=True)
         self._open_db()
-        ae = AE(ae_title=self.aet)
-        for sop_class in [VERIFICATION, *IMAGE_SOP_CLASSES]:
-            ae.add_supported_context(sop_class, _TRANSFER_SYNTAXES if sop_class != VERIFICATION else None)
-        ae.require_called_aet = True
-        ae.require_calling_aet = list(self.allowed_aets or [])
-        ae.maximum_associations = 16
-        try:
-            self._server = ae.start_server((host, port), block=False,
-                                           evt_handlers=[(evt.EVT_C_STORE, self._on_store),
-                                                         (evt.EVT_C_ECHO, lambda event: 0x0000)])
-        except OSError as e:
-            raise UserError(f"cannot listen for DICOM on port {port}: {e.strerror or e}; choose another "
-                            "--dicom-port") from None
-        self.port = self._server.server_address[1]
+        self._listen(host, port)
         for loop in (self._watch_series, self._send_results):
             thread = threading.Thread(target=self._every_tick, args=(loop,), daemon=True,
                                       name=f"dicom-node-{loop.__name__}")
@@ -152,6 +138,25 @@ class DicomNode:
                     + (f", sending results to {self.dest[0]}@{self.dest[1]}:{self.dest[2]}" if self.dest else ""))
         if not self.allowed_aets:
             self.notice("WARNING: the DICOM node accepts any calling AE title; restrict it with --dicom-allowed-aets")
+
+    def _listen(self, host: str, port: int) -> None:
+        """The Storage SCP: CT/MR images and C-ECHO, from the allowed calling AE titles, to our AE title."""
+        from pynetdicom import AE, evt
+
+        ae = AE(ae_title=self.aet)
+        for sop_class in [VERIFICATION, *IMAGE_SOP_CLASSES]:
+            ae.add_supported_context(sop_class, _TRANSFER_SYNTAXES if sop_class != VERIFICATION else None)
+        ae.require_called_aet = True
+        ae.require_calling_aet = list(self.allowed_aets or [])  # empty: any
+        ae.maximum_associations = 16
+        try:
+            self._server = ae.start_server((host, port), block=False,
+                                           evt_handlers=[(evt.EVT_C_STORE, self._on_store),
+                                                         (evt.EVT_C_ECHO, lambda event: 0x0000)])
+        except OSError as e:
+            raise UserError(f"cannot listen for DICOM on port {port}: {e.strerror or e}; choose another "
+                            "--dicom-port") from None
+        self.port = self._server.server_address[1]
 
     def stop(self) -> None:
         """Stop listening and let the threads end (what is pending stays in the database for the next start)."""
@@ -202,15 +207,20 @@ class DicomNode:
             self.notice("WARNING: DICOM node: refused an instance without a valid series or instance UID")
             return _FAILED_STORE
         tmp = self.root / "tmp" / f"{secrets.token_hex(8)}.part"
-        with open(tmp, "wb") as f:
-            f.write(event.encoded_dataset(include_meta=True))
-            f.flush()
-            os.fsync(f.fileno())
-        with self._lock:
-            folder = self.root / "incoming" / series
-            folder.mkdir(exist_ok=True)
-            os.replace(tmp, folder / f"{instance}.dcm")
-            self._count_instance(series, folder, event.assoc.requestor.ae_title)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(event.encoded_dataset(include_meta=True))
+                f.flush()
+                os.fsync(f.fileno())
+            with self._lock:
+                folder = self.root / "incoming" / series
+                folder.mkdir(exist_ok=True)
+                os.replace(tmp, folder / f"{instance}.dcm")
+                self._count_instance(series, folder, event.assoc.requestor.ae_title)
+        except OSError as e:  # e.g. the disk is full: the sender learns it and may send again later
+            tmp.unlink(missing_ok=True)
+            self.notice(f"WARNING: DICOM node: cannot store an instance: {e.strerror or e}")
+            return _OUT_OF_RESOURCES
         return 0x0000
 
     def _count_instance(self, series: str, folder: Path, calling: str) -> None:
