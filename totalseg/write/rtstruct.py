@@ -14,7 +14,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from totalseg import __version__
+from totalseg.version import __version__
 from totalseg.load.dicom import DicomSource
 from totalseg.write.dicom_common import MANUFACTURER, class_code, present_labels, save_dataset_atomic
 
@@ -287,6 +287,9 @@ def build_rtstruct(labels: np.ndarray, source: DicomSource, class_map: Mapping[i
     headers = source.reference_headers(warn)
     first = next(iter(headers.values()))
     ds = _structure_set(first, label)
+    # Frame of Reference module: the structure set's coordinates are those of the source's frame.
+    ds.FrameOfReferenceUID = str(first.FrameOfReferenceUID)
+    ds.PositionReferenceIndicator = first.get("PositionReferenceIndicator") or ""
     ds.ReferencedFrameOfReferenceSequence = _referenced_frame(source, headers, first)
     _roi_sequences(ds, present, class_map, _contours(stack, present, source, headers), str(first.FrameOfReferenceUID))
     return ds
