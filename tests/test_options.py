@@ -297,7 +297,7 @@ def test_api_has_the_official_parameters_in_order():
 
 def test_remove_small_blobs_rule():
     """Components of at most mm3 / voxel volume voxels go, per class, 6-connected (diagonal voxels are apart)."""
-    from totalseg.assemble.postprocess import remove_small_blobs
+    from totalseg.assemble.postprocess import remove_small_components as remove_small_blobs
 
     labels = np.zeros((8, 8, 8), dtype=np.uint8)
     labels[0, 0, 0:2] = 1  # 2 voxels: exactly at the threshold -> removed

@@ -164,7 +164,7 @@ def test_tasks_are_well_formed():
             elif t.modality == "mr":
                 need = registry.CROP_MODEL_MR
             else:
-                need = registry.CROP_MODEL_CT_ROBUST if t.robust_crop else registry.CROP_MODEL_CT
+                need = registry.CROP_MODEL_CT_ROBUST if t.always_robust_crop else registry.CROP_MODEL_CT
             assert need in t.download, name
             crop_task = get_task("body" if need == registry.CROP_MODEL_BODY else
                                  "total_mr" if need == registry.CROP_MODEL_MR else "total")
@@ -190,7 +190,7 @@ def test_documented_task_details():
     for name in ("aorta_annulus", "aortic_dissection", "pulmonary_artery_landmarks"):
         assert get_task(name).folds == (0, 1, 2, 3, 4)
     assert get_task("kidney_cysts").folds == (0,)
-    assert get_task("lung_vessels").robust_crop and get_task("lung_vessels").download == (117, 297)
+    assert get_task("lung_vessels").always_robust_crop and get_task("lung_vessels").download == (117, 297)
     assert get_task("lung_vessels").modes["default"].resample == (0.703125, 0.703125, 1.0)
     assert get_task("lung_vessels_LEGACY").modes["default"].resample is None
     assert get_task("teeth").crop_model == "craniofacial_structures"
@@ -198,7 +198,7 @@ def test_documented_task_details():
     assert get_task("abdominal_muscles").download == (952, 300)
     assert get_task("liver_segments_mr").download == (576, 852)
     hc = get_task("heartchambers_highres")
-    assert hc.remove_outside == ("heart", "aorta", "inferior_vena_cava") and hc.robust_crop
+    assert hc.remove_outside == ("heart", "aorta", "inferior_vena_cava") and hc.always_robust_crop
     assert get_task("thigh_shoulder_muscles").modes["default"].models == (857,)
     assert get_task("thigh_shoulder_muscles_mr").modes["default"].models == (857,)
     assert get_task("headneck_muscles").crop == ("clavicula_left", "clavicula_right", "vertebrae_C1", "vertebrae_C5",

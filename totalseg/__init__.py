@@ -4,10 +4,9 @@ Imports stay light here: ``totalseg.totalsegmentator`` loads torch only when cal
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from totalseg.version import OFFICIAL_VERSION, __version__
 
-# The official version whose behaviour (and outputs) we reproduce.
-OFFICIAL_VERSION = "2.18.0"
+__all__ = ["OFFICIAL_VERSION", "__version__", "totalsegmentator", "check_options", "Predictor"]
 
 
 def totalsegmentator(*args, **kwargs):

@@ -16,3 +16,7 @@ class WeightsError(UserError):
 
 class LicenseError(UserError):
     """A licensed task was asked for without a valid licence."""
+
+
+# The one message for running out of memory (a single run, or a cohort's case).
+OUT_OF_MEMORY = "out of memory; try --fast, -bs (crop to the body first) or -fs (three chunks along z)"

@@ -45,8 +45,8 @@ def body(labels: np.ndarray, class_map: dict[int, str], spacing) -> None:
     labels[limbs & ~drop_small_components(limbs, BODY_EXTREMITIES_MIN_MM3 / voxel_mm3)] = 0
 
 
-def remove_small_blobs(labels: np.ndarray, class_map: dict[int, str], spacing, min_mm3) -> None:
-    """``--remove_small_blobs``: components of every class of ``class_map`` with at most
+def remove_small_components(labels: np.ndarray, class_map: dict[int, str], spacing, min_mm3) -> None:
+    """``-rmb``: components of every class of ``class_map`` with at most
     ``min_mm3 / voxel volume`` voxels go (in place).
 
     The threshold is computed as the official tool does (``min_mm3`` as given, over the float32
@@ -64,7 +64,7 @@ def remove_small_blobs(labels: np.ndarray, class_map: dict[int, str], spacing, m
 
 
 def upsample_one_hot(labels: np.ndarray, shape, order: int = 1) -> np.ndarray:
-    """``--higher_order_resampling_LEGACY``: ``labels`` onto a grid of ``shape``, each label resampled as
+    """The LEGACY higher-order resampling: ``labels`` onto a grid of ``shape``, each label resampled as
     its own 0/1 mask (spline ``order``, half-voxel-centred grid, ``mode="nearest"``) within its bounding box
     plus a margin, kept where it reaches 0.5. Labels go in increasing order; a later one wins a voxel."""
     old, new = np.array(labels.shape), np.array(shape).astype(int)
@@ -91,7 +91,7 @@ def upsample_one_hot(labels: np.ndarray, shape, order: int = 1) -> np.ndarray:
 
 
 def to_v1_order(labels: np.ndarray, class_map: dict[int, str], v1_map: dict[int, str]) -> np.ndarray:
-    """``--v1_order``: labels renumbered to the v1 class map by name; classes v1 lacks become 0."""
+    """``-v1o``: labels renumbered to the v1 class map by name; classes v1 lacks become 0."""
     ids = {name: k for k, name in class_map.items()}
     lut = np.zeros(max(256, max(class_map, default=0) + 1), dtype=np.uint8)
     for k1, name in v1_map.items():

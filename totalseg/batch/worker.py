@@ -19,7 +19,7 @@ from typing import Any, Iterator, Mapping
 from totalseg.batch.discover import Case
 from totalseg.batch.layout import case_folder, discard, new_staging, publish
 from totalseg.batch.table import DONE, FAILED, CaseRow
-from totalseg.errors import UserError
+from totalseg.errors import OUT_OF_MEMORY, UserError
 from totalseg.load.dicom import is_dicom_input
 from totalseg.registry import Model
 
@@ -79,7 +79,7 @@ def _report_warnings(report: Path) -> list[str]:
 def one_line(exc: BaseException) -> str:
     """An exception as one line: a UserError's own message, anything else with its type."""
     if isinstance(exc, MemoryError):
-        return "out of memory; try --fast, --body_seg or --force_split"
+        return OUT_OF_MEMORY
     text = " ".join(str(exc).split())
     return text if isinstance(exc, UserError) else f"{type(exc).__name__}: {text}".rstrip(": ")
 
@@ -98,7 +98,7 @@ class CaseRunner:
 
     def run(self, case: Case, out_dir: Path, options: Mapping[str, Any]) -> CaseRow:
         """Segment ``case`` into ``out_dir/<case_id>/``; a failure is a ``failed`` row, never an exception."""
-        from totalseg import __version__
+        from totalseg.version import __version__
 
         with self._turns.hold(alone=is_dicom_input(case.input)):
             started = time.time()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from totalseg.errors import UserError
+from totalseg.errors import OUT_OF_MEMORY, UserError
 from totalseg.notice import notice_printer
 
 
@@ -17,7 +17,7 @@ def run(body: Callable[[], int], interrupted: str = "interrupted; nothing was wr
     except KeyboardInterrupt:
         print(f"ERROR: {interrupted}", file=sys.stderr)
     except MemoryError:
-        print("ERROR: out of memory; try --fast, --body_seg or --force_split", file=sys.stderr)
+        print(f"ERROR: {OUT_OF_MEMORY}", file=sys.stderr)
     except BrokenPipeError:  # the reader went away (`... --list-tasks | head`): stop quietly
         _silence_stdout()
     return 1

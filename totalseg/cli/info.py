@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from totalseg import OFFICIAL_VERSION
+from totalseg.version import OFFICIAL_VERSION
 from totalseg.cli.common import run
 
 

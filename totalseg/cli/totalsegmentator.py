@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from totalseg import OFFICIAL_VERSION, __version__
+from totalseg.version import OFFICIAL_VERSION, __version__
 from totalseg.cli.common import run
 from totalseg.errors import UserError
 
@@ -36,11 +36,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _not_on_the_input_grid(args: argparse.Namespace) -> bool:
-    """Whether the run writes no NIfTI masks on the input's grid (-ss, -sl, DICOM output)."""
-    from totalseg.run.options import from_command_line
+    """Whether the run writes no NIfTI masks on the input's grid (for the HTML report)."""
+    from totalseg.run.options import collect, from_command_line
+    from totalseg.run.setup import masks_on_input_grid
 
-    given = from_command_line(args, ["skip_saving", "save_lowres", "output_type"])
-    return bool(given["skip_saving"] or given["save_lowres"] or given["output_type"] != ["nifti"])
+    return not masks_on_input_grid(collect(from_command_line(args)))
 
 
 def main(argv: list[str] | None = None) -> int:

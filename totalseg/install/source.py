@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import Mapping
 
-from totalseg import OFFICIAL_VERSION
+from totalseg.version import OFFICIAL_VERSION
 from totalseg.errors import LicenseError, UserError
 from totalseg.install.download import DEFAULT_BACKOFF, DEFAULT_RETRIES, DEFAULT_TIMEOUT
 from totalseg.registry import Model, get_task, task_names

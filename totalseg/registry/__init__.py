@@ -25,7 +25,7 @@ it (json, no torch) and answers questions about it.
      "crop": null | [class names of the crop model's output],
      "crop_addon": [3, 3, 3],                # mm
      "crop_model": null | "<task name>",
-     "robust_crop": false,
+     "always_robust_crop": false,
      "remove_outside": null | [class names],
      "disallow_fast": false,
      "postprocess": null | "body" | ...,
@@ -43,7 +43,7 @@ from importlib import resources
 
 from totalseg.errors import UserError
 
-# Crop models the official tool uses for --roi_subset and task crops (dataset ids, class map key).
+# Crop models the official tool uses for -rs and task crops (dataset ids, class map key).
 CROP_MODEL_CT = 298  # total, 6 mm
 CROP_MODEL_CT_ROBUST = 297  # total, 3 mm
 CROP_MODEL_MR = 852  # total_mr, 3 mm
@@ -85,7 +85,7 @@ class Task:
     crop: tuple[str, ...] | None
     crop_addon: tuple[float, float, float]
     crop_model: str | None
-    robust_crop: bool
+    always_robust_crop: bool  # crops with the 3 mm model, as with -rc
     remove_outside: tuple[str, ...] | None
     disallow_fast: bool
     postprocess: str | None
@@ -212,7 +212,7 @@ def _make_task(name: str, t: dict) -> Task:
         crop=None if crop is None else tuple(crop),
         crop_addon=tuple(float(x) for x in t.get("crop_addon", [3, 3, 3])),
         crop_model=t.get("crop_model"),
-        robust_crop=bool(t.get("robust_crop", False)),
+        always_robust_crop=bool(t.get("always_robust_crop", False)),
         remove_outside=None if remove_outside is None else tuple(remove_outside),
         disallow_fast=bool(t.get("disallow_fast", False)),
         postprocess=t.get("postprocess"),

@@ -319,6 +319,28 @@ def _combined(values: RunOptions) -> RunOptions:
     return values.replace(**changes)
 
 
+def check_v1_order(values: RunOptions, applies: bool) -> None:
+    """-v1o with -rs and the LEGACY upsampling: the official tool filters v2 labels by v1 ids there."""
+    if applies and values.roi_subset and values.higher_order_resampling_LEGACY:
+        raise UserError("--higher_order_resampling_LEGACY with --v1_order and --roi_subset is not supported (the "
+                        "official tool filters v2 labels by v1 ids there); drop one of them")
+
+
+def check_save_lowres(values: RunOptions, plan, types: list[str], ml: bool) -> None:
+    """``--save_lowres``: the official tool's refusals, plus those whose outputs it cannot make."""
+    if not values.save_lowres:
+        return
+    if types != ["nifti"]:
+        raise UserError("save_lowres only supports nifti output.")
+    if plan.crop is not None or plan.only_classes or plan.refine is not None:
+        raise UserError("save_lowres is not supported together with cropping, roi_subset, body_seg, or cascade.")
+    if values.radiomics:
+        raise UserError("--radiomics needs masks on the input grid; run it without --save_lowres")
+    if plan.task.postprocess == "body" and not ml and not values.no_derived_masks:
+        raise UserError("--save_lowres: the body task's derived masks (body, skin) need the input grid; "
+                        "add -ndm (or use --ml)")
+
+
 def run_engine(values: RunOptions, predictor) -> str | None:
     """The engine a run uses: the predictor's own (which a named engine or device must match), else the option,
     ``$TOTALSEG_ENGINE`` or exact."""

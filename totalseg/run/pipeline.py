@@ -34,7 +34,7 @@ class Prediction:
 @dataclass
 class Result:
     labels: np.ndarray  # uint8, input grid
-    class_map: dict[int, str]  # the classes this run reports (roi_subset applied)
+    class_map: dict[int, str]  # the classes this run reports (-rs applied)
     lowres: Prediction | None = field(default=None)
 
 
@@ -56,7 +56,7 @@ def run_models(vol: Volume, step: ModelStep, labeller: Labeller, progress: Progr
                blobs_mm3: float | None = None) -> np.ndarray:
     """Labels (task ids) of canonical ``vol`` from the models of ``step``; parts merged, large images split.
 
-    ``blobs_mm3`` (``--remove_small_blobs``): after the task's postprocessing, components of at most
+    ``blobs_mm3`` (``-rmb``): after the task's postprocessing, components of at most
     this many mm³ go, for every class of the task."""
     task, data = step.task, vol.data
     ranges = (split.chunks(data.shape[2]) if split.needs_split(data.shape, step.multi_model, step.split_z)
@@ -78,7 +78,7 @@ def run_models(vol: Volume, step: ModelStep, labeller: Labeller, progress: Progr
     postprocess.apply(task.postprocess, labels, task.classes, vol.zooms)
     if blobs_mm3:
         progress("  removing small blobs")
-        postprocess.remove_small_blobs(labels, task.classes, vol.zooms, blobs_mm3)
+        postprocess.remove_small_components(labels, task.classes, vol.zooms, blobs_mm3)
     return labels
 
 
@@ -87,7 +87,7 @@ def predict(image: Volume, step: ModelStep, labeller: Labeller, progress: Progre
             resample_threads: int = 1) -> Prediction:
     """Run ``step`` on ``image`` (any orientation) and return labels on its own grid.
 
-    ``one_hot`` (``--higher_order_resampling_LEGACY``): upsample these labels one-hot with order 1 (other
+    ``one_hot`` (the LEGACY higher-order resampling): upsample these labels one-hot with order 1 (other
     labels are dropped first) instead of nearest-neighbour. ``resample_threads``: threads for the
     resampling to the model's grid and back (same values with any number)."""
     canon = to_canonical(image)
@@ -154,7 +154,7 @@ def segment(image: Volume, plan: RunPlan, labeller: Labeller, progress: Progress
             resample_threads: int = 1) -> Result:
     """Carry out ``plan`` on ``image``; labels come back on the image's own grid.
 
-    ``blobs_mm3`` (``--remove_small_blobs``) and ``one_hot`` (``--higher_order_resampling_LEGACY``: the
+    ``blobs_mm3`` (``-rmb``) and ``one_hot`` (the LEGACY higher-order resampling: the
     reported classes upsampled one-hot, order 1) apply to the main step only, as in the official tool.
     ``header_zooms``: the input header's pixdim (default: ``image.zooms``); the official tool sizes the
     vertebrae refinement and remove_outside on the input grid with them, everything else with the affine's
@@ -174,7 +174,7 @@ def segment(image: Volume, plan: RunPlan, labeller: Labeller, progress: Progress
         progress("  refining with the vertebral bodies")
         bodies = predict(image, plan.refine, labeller, progress, resample_threads=resample_threads).labels
         labels = postprocess.refine_vertebrae(labels, bodies, plan.task.classes, header_zooms)
-    if plan.roi_subset:
+    if plan.only_classes:
         labels[~np.isin(labels, list(plan.class_map))] = 0
     if keep_mask is not None:
         postprocess.remove_outside(labels, keep_mask, REMOVE_OUTSIDE_MM / float(np.mean(header_zooms)))

@@ -79,8 +79,8 @@ class Crop:
 class RunPlan:
     task: Task
     main: ModelStep
-    class_map: dict[int, str]  # the classes this run reports (roi_subset applied)
-    roi_subset: tuple[str, ...] | None = None
+    class_map: dict[int, str]  # the classes this run reports (-rs applied)
+    only_classes: tuple[str, ...] | None = None  # -rs: the classes asked for
     crop: Crop | None = None
     refine: ModelStep | None = None  # vertebrae_pp_refined: the vertebral bodies, whole image
 
@@ -119,7 +119,7 @@ def check_roi_subset(task: Task, roi_subset: Sequence[str]) -> None:
 def _robust_crop(task: Task, options: Options) -> bool:
     """Crop with the 3 mm model: asked for (-rc), set by the task (it wins over the flag, as in the
     official tool), or a roi_subset on MR."""
-    return options.robust_crop or task.robust_crop or bool(options.roi_subset and task.modality == "mr")
+    return options.robust_crop or task.always_robust_crop or bool(options.roi_subset and task.modality == "mr")
 
 
 def crop_source(task: Task, classes: Sequence[str], robust: bool) -> tuple[Task, str]:

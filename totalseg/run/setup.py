@@ -16,7 +16,7 @@ from totalseg.install import ensure_installed, missing_models, source_from_envir
 from totalseg.load.dicom import is_dicom_input, scan_dicom
 from totalseg.notice import Notice
 from totalseg.registry import Task, get_task
-from totalseg.run.options import RunOptions, output_types, report_fields
+from totalseg.run.options import RunOptions, check_save_lowres, check_v1_order, output_types, report_fields
 from totalseg.run.plan import RunPlan, plan_options, plan_run
 from totalseg.weights import model_folder
 
@@ -80,19 +80,16 @@ def prepare(input, output, values: RunOptions, say: Notice) -> RunSetup:
     dest = _destination(output, values.ml, types, values.skip_saving, task.name)
     _check_extras(dest.output, dest.ml, values.skip_saving, values.preview, values.radiomics)
     v1 = _v1_classes(values.v1_order, task.name, types, dest.ml, None if values.skip_saving else dest.output, say)
-    if v1 is not None and values.roi_subset and values.higher_order_resampling_LEGACY:
-        raise UserError("--higher_order_resampling_LEGACY with --v1_order and --roi_subset is not supported (the "
-                        "official tool filters v2 labels by v1 ids there); drop one of them")
+    check_v1_order(values, v1 is not None)
     plan = plan_run(task, plan_options(values))
-    if values.save_lowres:
-        _check_save_lowres(plan, types, dest.ml, values.no_derived_masks, values.radiomics)
+    check_save_lowres(values, plan, types, dest.ml)
     if values.crop_path is not None:
         say("NOTE: -cp/--crop_path has no effect (a legacy option of the official tool; crops are computed in "
             "memory)")
     _install_weights(plan, task, values.license_number, values.quiet, say)
     return RunSetup(
         input=input, task=task, series=series, plan=plan, destination=dest, save_labels=not values.skip_saving,
-        multilabel_classes=v1, keep_roi=tuple(values.roi_subset) if values.roi_subset else None,
+        multilabel_classes=v1, keep_roi=plan.only_classes,
         statistics=_statistics_request(values, dest), preview_png=_in_folder(dest, values.preview,
                                                                               f"preview_{task.name}.png"),
         radiomics_folder=dest.output if values.radiomics else None,
@@ -119,6 +116,11 @@ def _statistics_request(values: RunOptions, dest: Destination) -> StatisticsRequ
         path = None if dest.folder is None else dest.folder / "statistics.json"
     return StatisticsRequest(path, values.statistics_exclude_masks_at_border, values.stats_aggregation,
                              bool(values.statistics_extra), bool(values.fast or values.save_lowres))
+
+
+def masks_on_input_grid(values: RunOptions) -> bool:
+    """Whether a run writes NIfTI masks on the input's grid (not with -ss, -sl or DICOM output)."""
+    return not (values.skip_saving or values.save_lowres) and output_types(values.output_type) == ["nifti"]
 
 
 def case_output(staging: Path, values: RunOptions) -> Path:
@@ -191,19 +193,6 @@ def _check_extras(output: Path | None, ml: bool, skip_saving: bool, preview: boo
         from totalseg.write.radiomics import _radiomics
 
         _radiomics()
-
-
-def _check_save_lowres(plan: RunPlan, types: list[str], ml: bool, no_derived_masks: bool, radiomics: bool) -> None:
-    """``--save_lowres``: the official tool's refusals, plus those whose outputs it cannot make."""
-    if types != ["nifti"]:
-        raise UserError("save_lowres only supports nifti output.")
-    if plan.crop is not None or plan.roi_subset or plan.refine is not None:
-        raise UserError("save_lowres is not supported together with cropping, roi_subset, body_seg, or cascade.")
-    if radiomics:
-        raise UserError("--radiomics needs masks on the input grid; run it without --save_lowres")
-    if plan.task.postprocess == "body" and not ml and not no_derived_masks:
-        raise UserError("--save_lowres: the body task's derived masks (body, skin) need the input grid; "
-                        "add -ndm (or use --ml)")
 
 
 def _v1_classes(v1_order: bool, task: str, types: list[str], ml: bool, output, say: Notice) -> dict[int, str] | None:

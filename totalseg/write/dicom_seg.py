@@ -13,7 +13,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from totalseg import __version__
+from totalseg.version import __version__
 from totalseg.load.dicom import DicomSource
 from totalseg.write.dicom_common import MANUFACTURER, class_code, present_labels, save_dataset_atomic
 

@@ -27,7 +27,7 @@ def build_run_report(input, output, task: str, modality: str, license_required: 
     roi-filtered. ``written_to``: where the outputs are now, when ``output`` names where they will be moved."""
     import torch
 
-    from totalseg import OFFICIAL_VERSION, __version__
+    from totalseg.version import OFFICIAL_VERSION, __version__
 
     output_files = []
     folder = output if written_to is None else written_to
