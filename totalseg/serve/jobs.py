@@ -28,6 +28,7 @@ from totalseg.errors import UserError
 STATES = ("queued", "running", "done", "failed", "cancelled")
 FINAL = ("done", "failed", "cancelled")
 MAX_ATTEMPTS = 2  # a job that was running when its process died runs again once, then fails
+RESERVE = 1 << 20  # bytes kept free in the data folder so that a job's end is recorded on a full disk
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -63,16 +64,37 @@ class JobStore:
             folder.mkdir(parents=True, exist_ok=True)
         with self._transaction() as db:
             db.execute(_SCHEMA)
+        # Held open while the store lives: SQLite deletes the WAL file when its last connection closes, and
+        # recreating it needs disk space that a full disk does not have (then not even a read would work).
+        self._keeper = self._connect()
+        self.keep_reserve()
+
+    def keep_reserve(self) -> None:
+        """Hold ``RESERVE`` bytes in ``.reserve`` (released when the disk is full, see ``_end``)."""
+        reserve = self.data / ".reserve"
+        if not reserve.exists() or reserve.stat().st_size < RESERVE:
+            try:
+                with open(reserve, "wb") as f:
+                    f.write(bytes(RESERVE))
+            except OSError:
+                reserve.unlink(missing_ok=True)  # no space now; tried again at the next submission
 
     # -- database ------------------------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.data / "jobs.sqlite", timeout=60, isolation_level=None, check_same_thread=False)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")  # a finished change survives a power cut
+        return db
+
+    def close(self) -> None:
+        self._keeper.close()
+
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One connection, one write transaction (BEGIN IMMEDIATE: writers queue instead of failing)."""
-        with closing(sqlite3.connect(self.data / "jobs.sqlite", timeout=60, isolation_level=None)) as db:
-            db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")  # a finished change survives a power cut
-            db.execute("BEGIN IMMEDIATE")
+    def _transaction(self, write: bool = True) -> Iterator[sqlite3.Connection]:
+        """One connection, one transaction (a write one is BEGIN IMMEDIATE: writers queue instead of failing)."""
+        with closing(self._connect()) as db:
+            db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 yield db
             except BaseException:
@@ -92,7 +114,7 @@ class JobStore:
 
     def input_path(self, job_id: str) -> Path:
         """The job's input file or folder."""
-        with self._transaction() as db:
+        with self._transaction(write=False) as db:
             return self.job_dir(job_id) / "input" / self._row(db, job_id)["input"]
 
     def output_dir(self, job_id: str) -> Path:
@@ -120,34 +142,37 @@ class JobStore:
         job_id = secrets.token_hex(8)
         name = name or "input" + _suffix(input_path)
         staging = self.jobs_dir / f".{job_id}.tmp"
-        (staging / "input").mkdir(parents=True)
         try:
+            (staging / "input").mkdir(parents=True)
             target = staging / "input" / name
             if origin == "path":
                 (shutil.copytree if input_path.is_dir() else shutil.copyfile)(input_path, target)
             else:
                 shutil.move(str(input_path), target)
             os.replace(staging, self.jobs_dir / job_id)  # the job's folder is complete or absent
-        except OSError as e:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise UserError(f"cannot store the input: {e.strerror or e}; free space in the data folder") from None
-        with self._transaction() as db:
-            db.execute("INSERT INTO jobs (id, state, options, origin, input, created) VALUES (?, 'queued', ?, ?, ?, ?)",
-                       (job_id, json.dumps(options), origin, name, time.time()))
+            self.keep_reserve()
+            with self._transaction() as db:
+                db.execute("INSERT INTO jobs (id, state, options, origin, input, created) VALUES "
+                           "(?, 'queued', ?, ?, ?, ?)", (job_id, json.dumps(options), origin, name, time.time()))
+        except (OSError, sqlite3.OperationalError) as e:
+            _remove(staging)
+            _remove(self.jobs_dir / job_id)
+            why = getattr(e, "strerror", None) or e
+            raise UserError(f"cannot store the job: {why}; free space in the data folder") from None
         return job_id
 
     def get(self, job_id: str) -> dict:
         """``{"id", "state", "progress", "error", "files", ...}`` of a job."""
-        with self._transaction() as db:
+        with self._transaction(write=False) as db:
             return _public(self._row(db, job_id))
 
     def list(self) -> list[dict]:
         """Every job, oldest first."""
-        with self._transaction() as db:
+        with self._transaction(write=False) as db:
             return [_public(r) for r in db.execute("SELECT * FROM jobs ORDER BY seq")]
 
     def options(self, job_id: str) -> dict:
-        with self._transaction() as db:
+        with self._transaction(write=False) as db:
             return json.loads(self._row(db, job_id)["options"])
 
     def claim(self) -> dict | None:
@@ -162,9 +187,13 @@ class JobStore:
                     "options": json.loads(row["options"])}
 
     def set_progress(self, job_id: str, progress: float) -> None:
-        with self._transaction() as db:
-            db.execute("UPDATE jobs SET progress = MAX(progress, ?) WHERE id = ? AND state = 'running'",
-                       (min(max(progress, 0.0), 1.0), job_id))
+        """Raise a running job's progress (best effort: a full disk does not stop the job here)."""
+        try:
+            with self._transaction() as db:
+                db.execute("UPDATE jobs SET progress = MAX(progress, ?) WHERE id = ? AND state = 'running'",
+                           (min(max(progress, 0.0), 1.0), job_id))
+        except sqlite3.OperationalError:
+            pass
 
     def finish(self, job_id: str, attempt: int, files: list[str]) -> bool:
         """Mark attempt ``attempt`` of a running job done; False if it is no longer that run (cancelled,
@@ -176,6 +205,13 @@ class JobStore:
         return self._end(job_id, attempt, "failed", _one_line(error), [])
 
     def _end(self, job_id: str, attempt: int, state: str, error: str | None, files: list[str]) -> bool:
+        try:
+            return self._set_end(job_id, attempt, state, error, files)
+        except sqlite3.OperationalError:  # the disk is full: free the reserve so that the end is recorded
+            (self.data / ".reserve").unlink(missing_ok=True)
+            return self._set_end(job_id, attempt, state, error, files)
+
+    def _set_end(self, job_id: str, attempt: int, state: str, error: str | None, files: list[str]) -> bool:
         with self._transaction() as db:
             cur = db.execute("UPDATE jobs SET state = ?, progress = ?, error = ?, files = ?, finished = ? "
                              "WHERE id = ? AND state = 'running' AND attempts = ?",
