@@ -26,6 +26,7 @@ from totalseg.serve.dicom_node import job_options, parse_dest, start_dicom_node
 
 CT_DICOM = REF / "example_ct_dicom"
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+RTSTRUCT_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 PATIENT_NAME, PATIENT_ID = "Sentinel^Patient", "PID-SENTINEL-4711"
 DCMTK = {name: Path("/usr/bin") / name for name in ("echoscu", "storescu", "storescp")}
 ORTHANC = Path("/usr/sbin/Orthanc")
@@ -352,15 +353,16 @@ def test_orthanc_sends_series_and_gets_seg(series, seg, tmp_path, start_node, or
 
 # -- the real service ----------------------------------------------------------------------------------------
 def test_totalseg_serve_end_to_end(series, seg, tmp_path, storescp, fake_home, request):
-    """``totalseg_serve --dicom-port``: storescu's series is segmented by the service's worker and its SEG,
-    the same as ``TotalSegmentator`` writes with the same options, arrives at storescp."""
+    """``totalseg_serve --dicom-port``: storescu's series is segmented by the service's worker; its SEG (the same
+    as ``TotalSegmentator`` writes with the same options) and RTSTRUCT arrive at storescp."""
     _need(*DCMTK.values())
     import httpx
     from weights_server import closed_port_url
 
     dest_port, received = storescp()
     http_port, dicom_port = _free_port(), _free_port()
-    options = {"fastest": True, "roi_subset": ["liver", "spleen", "kidney_left"]}
+    options = {"fastest": True, "roi_subset": ["liver", "spleen", "kidney_left"],
+               "output_type": ["dicom_seg", "dicom_rtstruct"]}
     env = {**os.environ, "TOTALSEG_HOME_DIR": str(fake_home), "TOTALSEG_WEIGHTS_URL": closed_port_url()}
     env.pop("TOTALSEG_WEIGHTS_PATH", None)
     command = shutil.which("totalseg_serve", path=str(Path(sys.executable).parent)) or "totalseg_serve"
@@ -380,12 +382,17 @@ def test_totalseg_serve_end_to_end(series, seg, tmp_path, storescp, fake_home, r
     _wait_for(listening, 60, "the service's DICOM node")
     assert _echo("TOTALSEG", dicom_port, calling="INTRUDER") != 0
     assert _storescu(dicom_port, series["files"]).returncode == 0
-    got = _wait_for(lambda: _received(received), 180, "the service's SEG at storescp")
+    _wait_for(lambda: len(_received(received)) == 2, 180, "the service's SEG and RTSTRUCT at storescp")
+    got = _received(received)
+    got_seg, = [g for g in got if g.SOPClassUID == SEG_CLASS]
+    rtstruct, = [g for g in got if g.SOPClassUID == RTSTRUCT_CLASS]
     made = pydicom.dcmread(seg)
-    assert len(got) == 1 and got[0].SOPClassUID == SEG_CLASS
-    assert got[0].PixelData == made.PixelData and got[0].NumberOfFrames == made.NumberOfFrames
-    assert [s.SegmentLabel for s in got[0].SegmentSequence] == [s.SegmentLabel for s in made.SegmentSequence]
-    assert got[0].ReferencedSeriesSequence[0].SeriesInstanceUID == series["series"]
+    assert got_seg.PixelData == made.PixelData and got_seg.NumberOfFrames == made.NumberOfFrames
+    labels = [s.SegmentLabel for s in made.SegmentSequence]
+    assert [s.SegmentLabel for s in got_seg.SegmentSequence] == labels
+    assert got_seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series["series"]
+    assert sorted(r.ROIName for r in rtstruct.StructureSetROISequence) == sorted(labels)
+    assert rtstruct.StudyInstanceUID == series["study"]
     jobs = httpx.get(f"http://127.0.0.1:{http_port}/api/jobs", timeout=30).json()
     jobs = jobs.get("jobs", jobs) if isinstance(jobs, dict) else jobs
     assert [(j["state"], j["origin"]) for j in jobs] == [("done", "dicom")]
