@@ -268,6 +268,20 @@ def test_failed_send_backs_off_and_is_retried_after_restart(series, seg, tmp_pat
     assert len(store.submitted) == 1
 
 
+def test_series_received_before_a_restart_is_submitted_after_it(series, seg, tmp_path, start_node):
+    """A series still arriving when the node stops is kept; the next start submits it once it is quiet."""
+    _need(*DCMTK.values())
+    store = FakeStore(tmp_path / "data", seg)
+    node = start_node(store, quiet_seconds=3600)
+    assert _storescu(node.port, series["files"][:12]).returncode == 0
+    node.stop()
+    node = start_node(store, quiet_seconds=0.5)
+    assert _storescu(node.port, series["files"][12:]).returncode == 0
+    _wait_for(lambda: store.submitted, 20, "the series submitted")
+    time.sleep(1)
+    assert len(store.submitted) == 1 and len(list(store.submitted[0]["input"].iterdir())) == 20
+
+
 def test_dest_and_options_checked_at_start(tmp_path, seg):
     store = FakeStore(tmp_path / "data", seg)
     assert parse_dest("PACS@10.0.0.5:104") == ("PACS", "10.0.0.5", 104)
