@@ -220,6 +220,25 @@ def test_http_transport(server_env):
     assert "not_a_class" in bad
 
 
+def test_a_command_past_its_time_is_stopped_with_its_children(tmp_path):
+    """A timeout ends the command's whole process group (the official's workers too) and is one line."""
+    from totalseg.errors import UserError
+    from totalseg.mcp_server.commands import run_command
+
+    pids = tmp_path / "pids"
+    script = f"sleep 60 & echo $! > {pids}; echo $$ >> {pids}; wait"
+    with pytest.raises(UserError, match=r"^bash ran longer than 1 s and was stopped$"):
+        anyio.run(lambda: run_command("bash", ["-c", script], timeout=1))
+    for pid in map(int, pids.read_text().split()):
+        time.sleep(0.2)
+        try:
+            os.kill(pid, 0)
+            state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+            assert state == "Z", f"process {pid} still runs"
+        except ProcessLookupError:
+            pass
+
+
 def test_help_does_not_import_torch():
     code = ("import sys; from totalseg.mcp_server.server import main\n"
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
@@ -271,3 +290,40 @@ def test_same_answers_as_the_official_server(server_env):
                                     for m, names in t_classes["classes"].items()}
     assert o_options == {c: [n for n in ts if n not in missing] for c, ts in t_options.items()}
     assert o_refused == t_refused == [True, True]
+
+
+@pytest.mark.slow
+@pytest.mark.official
+def test_same_segmentation_as_the_official_server(server_env, tmp_path):
+    """run_segmentation (speed fastest: no flag that we refuse) through both servers: the same report
+    fields, statistics and masks."""
+    from test_official_live import _clean_env, _venv
+
+    official = _venv() / "bin" / "totalseg_mcp"
+    if not official.is_file():
+        pytest.skip(f"the official 2.18.0 venv with its MCP server is not at {official.parent}")
+
+    def run(command, env, out):
+        async def body(s):
+            return payload(await s.call_tool("run_segmentation", {
+                "input_path": str(CT), "output_path": str(out), "task": "total", "device": "cpu",
+                "speed": "fastest", "roi_subset": ["liver", "spleen", "aorta", "vertebrae_L1"]}))
+        return anyio.run(stdio_session, command, env, body)
+
+    # The official server runs the TotalSegmentator first on PATH: its own.
+    env = _clean_env(**server_env) | {"PATH": f"{official.parent}{os.pathsep}{os.environ['PATH']}"}
+    theirs = run([str(official)], env, tmp_path / "official")
+    ours = run(_server_command(), server_env, tmp_path / "ours")
+    assert set(theirs) <= set(ours)
+    differ = {"totalsegmentator_version", "nnunetv2_version", "torch_version", "runtime_seconds", "input", "output",
+              "statistics_path", "statistics_warning"}  # the warning: same meaning, our wording
+    assert {k: v for k, v in ours.items() if k in theirs and k not in differ} == \
+        {k: v for k, v in theirs.items() if k not in differ}
+    t_stats = json.loads(Path(theirs["statistics_path"]).read_text())
+    o_stats = json.loads(Path(ours["statistics_path"]).read_text())
+    assert set(o_stats) == set(t_stats)
+    for name, values in t_stats.items():
+        assert o_stats[name] == pytest.approx(values, rel=1e-6, abs=1e-4), name
+    for name in theirs["output_files"]:
+        t_mask = np.asanyarray(nib.load(tmp_path / "official" / name).dataobj)
+        assert np.array_equal(np.asanyarray(nib.load(tmp_path / "ours" / name).dataobj), t_mask), name
