@@ -174,9 +174,10 @@ def test_mr_series_all_output_types(use_home, tmp_path, capsys):
     assert main(["-i", str(src), "-o", str(out), "-ot", "nifti,dicom_seg", "dicom", "--fast", "-d", "cpu"]) == 0
     assert "total_mr instead of total" in capsys.readouterr().err
     folder = tmp_path / "res"
-    assert sorted(p.name for p in folder.iterdir()) == ["mr_rtstruct.dcm", "mr_seg.dcm",
-                                                        "total_mr_segmentation.nii.gz"]
-    nifti = nib.load(folder / "total_mr_segmentation.nii.gz")
+    # As the official 2.18.0 names them (checked with it on example_ct_dicom and -o my.seg.dcm: my.nii.gz,
+    # my_rtstruct.dcm, my_seg.dcm): the name of -o up to its first dot.
+    assert sorted(p.name for p in folder.iterdir()) == ["mr.nii.gz", "mr_rtstruct.dcm", "mr_seg.dcm"]
+    nifti = nib.load(folder / "mr.nii.gz")
     names = set(load_multilabel_nifti(nifti)[1].values())
     assert "liver" in names and "lung_left" in names  # the total_mr table
     seg = hd.seg.segread(folder / "mr_seg.dcm")
@@ -190,3 +191,21 @@ def test_dicom_output_needs_dicom_input(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "needs a DICOM input" in err[0]
     assert not out.exists()
+
+
+def test_single_outputs_get_the_official_file_names(use_home, tmp_path, capsys):
+    """One RT structure set: -o with .dcm added (the official writer adds it); --ml with an -o without suffix:
+    <o>.nii, an uncompressed NIfTI (the official writer, nibabel, adds it), with a notice."""
+    assert main(["-i", str(CT_DICOM), "-o", str(tmp_path / "rt"), "-ot", "dicom_rtstruct", "--fastest", "-d", "cpu",
+                 "-q"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rt.dcm"]
+    assert pydicom.dcmread(tmp_path / "rt.dcm").Modality == "RTSTRUCT"
+    ml = tmp_path / "ml"
+    ml.mkdir()
+    assert main(["-i", str(REF / "example_ct_sm.nii.gz"), "-o", str(ml / "seg"), "--ml", "--fastest", "-d",
+                 "cpu"]) == 0
+    assert "writing" in capsys.readouterr().err and sorted(p.name for p in ml.iterdir()) == ["seg.nii"]
+    with open(ml / "seg.nii", "rb") as f:
+        assert f.read(2) != b"\x1f\x8b"  # not gzip
+    names = load_multilabel_nifti(nib.load(ml / "seg.nii"))[1]
+    assert names[5] == "liver"

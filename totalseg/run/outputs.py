@@ -119,8 +119,8 @@ def _save_dicom_outputs(labels, image, class_map, paths: dict[str, Path], say: N
         if ds is None:
             continue
         path = paths[kind]
-        if path.is_dir():
-            path = path / (f"{ds.SeriesInstanceUID}.dcm" if kind == "dicom_seg" else "segmentations.dcm")
+        if path.is_dir():  # a DICOM SEG into a folder (the RT structure set's path ends in .dcm)
+            path = path / f"{ds.SeriesInstanceUID}.dcm"
         save_dataset_atomic(ds, path)
 
 

@@ -77,7 +77,7 @@ def prepare(input, output, values: RunOptions, say: Notice) -> RunSetup:
     """Check what needs the input's headers, resolve the outputs, plan the models and install their weights."""
     types = output_types(values.output_type)
     task, series = _input_task(input, values.task, values.series_uid, types, say)
-    dest = _destination(output, values.ml, types, values.skip_saving, task.name)
+    dest = _destination(output, values.ml, types, values.skip_saving, task.name, say)
     _check_extras(dest.output, dest.ml, values.skip_saving, values.preview, values.radiomics)
     v1 = _v1_classes(values.v1_order, task.name, types, dest.ml, None if values.skip_saving else dest.output, say)
     check_v1_order(values, v1 is not None)
@@ -136,27 +136,36 @@ def case_output(staging: Path, values: RunOptions) -> Path:
 
 
 def dicom_output_paths(types: list[str], output: Path, task: str) -> dict[str, Path]:
-    """Where each output type goes when a DICOM type is asked for (as the official tool names them).
+    """Where each output type goes when a DICOM type is asked for, named as the official tool names them.
 
-    One type: ``-o`` is the file (a folder: the writer picks the name inside it).  Several: they go to ``-o``
-    if it is a folder, else to its parent, as ``<task>_segmentation.nii.gz``, ``<base>_rtstruct.dcm`` and
-    ``<base>_seg.dcm`` (base: the name of ``-o`` without suffix, or ``<task>_segmentation`` for a folder).
+    One type: DICOM SEG goes to ``-o`` (a folder: ``<SeriesInstanceUID>.dcm`` inside it), the RT structure set
+    to ``-o`` with ``.dcm`` added unless it ends so. Several: into ``-o`` if it is a folder, else beside it, as
+    ``<base>.nii.gz``, ``<base>_rtstruct.dcm`` and ``<base>_seg.dcm``, where base is the name of ``-o`` up to its
+    first dot (``<task>_segmentation`` for a folder).
     """
     if len(types) == 1:
+        if types[0] == "dicom_rtstruct" and not output.name.endswith(".dcm"):
+            return {"dicom_rtstruct": output.with_name(output.name + ".dcm")}
         return {types[0]: output}
     folder = output if output.is_dir() else output.parent
-    base = f"{task}_segmentation" if output.is_dir() else output.name
-    for suffix in (".nii.gz", ".nii", ".dcm"):
-        if base.endswith(suffix) and len(base) > len(suffix):
-            base = base[: -len(suffix)]
-            break
-    names = {"nifti": f"{task}_segmentation.nii.gz", "dicom_rtstruct": f"{base}_rtstruct.dcm",
-             "dicom_seg": f"{base}_seg.dcm"}
+    base = f"{task}_segmentation" if output.is_dir() else (output.name.split(".")[0] or f"{task}_segmentation")
+    names = {"nifti": f"{base}.nii.gz", "dicom_rtstruct": f"{base}_rtstruct.dcm", "dicom_seg": f"{base}_seg.dcm"}
     return {t: folder / names[t] for t in types}
 
 
-def _destination(output, ml: bool, types: list[str], skip_saving: bool, task: str) -> Destination:
+def _multilabel_file(output: Path, say: Notice) -> Path:
+    """With --ml, an ``-o`` without any suffix gets ``.nii``, as the official tool's writer (nibabel) adds it."""
+    if "." in output.name or output.is_dir():
+        return output
+    named = output.with_name(output.name + ".nii")
+    say(f"NOTE: with --ml the output is one NIfTI file: writing {named} (as the official tool does)")
+    return named
+
+
+def _destination(output, ml: bool, types: list[str], skip_saving: bool, task: str, say: Notice) -> Destination:
     output = None if output is None else Path(output)
+    if output is not None and ml and types == ["nifti"] and not skip_saving:
+        output = _multilabel_file(output, say)
     dicom_paths = None
     if output is not None and types != ["nifti"]:
         dicom_paths = dicom_output_paths(types, output, task)
