@@ -6,6 +6,7 @@ The app only stores uploads and job changes; the jobs run in the worker process 
 import json
 import secrets
 import sqlite3
+import threading
 import shutil
 import zipfile
 from contextlib import asynccontextmanager
@@ -116,7 +117,7 @@ def create_app(config: dict, store: JobStore, worker, say: Callable[[str], None]
     from fastapi.staticfiles import StaticFiles
 
     from totalseg import __version__
-    from totalseg.serve.worker import check_job_options
+    from totalseg.serve.worker import check_job_options, write_report
 
     token = config.get("token")
 
@@ -204,13 +205,24 @@ def create_app(config: dict, store: JobStore, worker, say: Callable[[str], None]
         store.get(job_id)
         return RedirectResponse(f"/api/jobs/{job_id}/report/", status_code=307)
 
+    reports = threading.Lock()  # one report written at a time (a page asks for many files at once)
+
     @app.get("/api/jobs/{job_id}/report/{path:path}")
     def report_file(job_id: str, path: str):
+        """The job's case report, written on the first request."""
         folder = store.report_dir(job_id).resolve()
         target = (folder / (path or "index.html")).resolve()
-        if not target.is_relative_to(folder) or not target.is_file():
-            state = store.get(job_id)["state"]
-            raise UnknownJob(f"job {job_id} has no report {'yet' if state in ('queued', 'running') else 'file ' + path}")
+        if not target.is_relative_to(folder):
+            raise UnknownJob(f"job {job_id} has no report file {path}")
+        if not (folder / "index.html").is_file():
+            job = store.get(job_id)
+            if job["state"] != "done":
+                raise UnknownJob(f"job {job_id} is {job['state']}; a report comes with a done job")
+            with reports:
+                if not (folder / "index.html").is_file() and not write_report(store, job_id):
+                    raise UnknownJob(f"job {job_id} wrote DICOM outputs only; its report needs a NIfTI output")
+        if not target.is_file():
+            raise UnknownJob(f"job {job_id} has no report file {path}")
         return FileResponse(target)
 
     @app.delete("/api/jobs/{job_id}")

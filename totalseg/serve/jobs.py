@@ -183,8 +183,7 @@ class JobStore:
                 return None
             db.execute("UPDATE jobs SET state = 'running', progress = 0, attempts = attempts + 1, started = ? "
                        "WHERE id = ?", (time.time(), row["id"]))
-            return {**_public(row), "state": "running", "attempts": row["attempts"] + 1,
-                    "options": json.loads(row["options"])}
+            return {**_public(row), "state": "running", "attempts": row["attempts"] + 1}
 
     def set_progress(self, job_id: str, progress: float) -> None:
         """Raise a running job's progress (best effort: a full disk does not stop the job here)."""
@@ -258,7 +257,8 @@ class JobStore:
 
 def _public(row: sqlite3.Row) -> dict:
     return {"id": row["id"], "state": row["state"], "progress": round(float(row["progress"]), 3),
-            "error": row["error"], "files": json.loads(row["files"]), "origin": row["origin"],
+            "error": row["error"], "files": json.loads(row["files"]), "options": json.loads(row["options"]),
+            "origin": row["origin"],
             "attempts": row["attempts"], "created": row["created"], "started": row["started"],
             "finished": row["finished"]}
 

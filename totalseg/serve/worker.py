@@ -4,7 +4,8 @@ and kills it to cancel a job.
 
 A job's outputs are written into ``jobs/<id>/run<attempt>/`` and renamed to ``jobs/<id>/output/`` when
 complete; what the job's messages say goes to ``jobs/<id>/log.txt``, not to the service's log (it may name
-the series).
+the series). The case report is written when it is first asked for (``write_report``, by the web server),
+so that the worker's time goes to segmentation only.
 """
 from __future__ import annotations
 
@@ -133,26 +134,23 @@ def run_job(store: JobStore, segment: Callable, job: dict) -> None:
         out = store.output_dir(job_id)
         shutil.rmtree(out, ignore_errors=True)
         os.replace(run_dir, out)  # the outputs are complete or absent
-        progress(0.85)
-        _write_report(store, job_id)
         store.finish(job_id, attempt, files)
     except Exception as e:  # any failure ends this job only; the worker goes on with the next
         shutil.rmtree(run_dir, ignore_errors=True)
-        store.fail(job_id, attempt, _message(e))
+        # the service's folders mean nothing to the client: "input.nii.gz", not /srv/.../input/input.nii.gz
+        store.fail(job_id, attempt, _message(e).replace(f"{folder}/input/", "").replace(f"{folder}/", ""))
 
 
-def _write_report(store: JobStore, job_id: str) -> None:
-    """The job's case report (a failure leaves the job without a report: its outputs are what matter)."""
+def write_report(store: JobStore, job_id: str) -> bool:
+    """The job's case report (``totalseg_report``'s page) in ``jobs/<id>/report``; False when the job has no
+    NIfTI segmentation to show (DICOM outputs only)."""
     from totalseg.report.build import write_case_report
 
     segmentation = report_segmentation(store.output_dir(job_id))
     if segmentation is None:
-        return
-    try:
-        write_case_report(store.input_path(job_id), segmentation, store.report_dir(job_id))
-    except Exception as e:
-        with open(store.job_dir(job_id) / "log.txt", "a") as log:
-            log.write(f"report not written: {_message(e)}\n")
+        return False
+    write_case_report(store.input_path(job_id), segmentation, store.report_dir(job_id))
+    return True
 
 
 def _message(error: Exception) -> str:

@@ -44,15 +44,27 @@ function link(href, text) {
   return a;
 }
 
+function describe(opts) {
+  // {"task": "total", "fast": true, "roi_subset": ["liver"]} -> "total, fast, roi_subset: liver"
+  const words = [opts.task || "total"];
+  for (const [key, value] of Object.entries(opts)) {
+    if (key === "task" || value === false || value === null) continue;
+    words.push(value === true ? key : key + ": " + [].concat(value).join(" "));
+  }
+  return words.join(", ");
+}
+
 function jobRow(tbody, job) {
   const row = tbody.insertRow();
   row.id = "job-" + job.id;
   row.dataset.state = job.state;
   const id = document.createElement("code"); id.textContent = job.id;
   cell(row, id);
-  cell(row, new Date(job.created * 1000).toLocaleString());
+  const when = new Date(job.created * 1000);
+  cell(row, when.toLocaleDateString() + " " + when.toLocaleTimeString()).className = "when";
+  cell(row, describe(job.options)).className = "options";
   const state = cell(row, job.state);
-  state.className = "state-" + job.state;
+  state.className = "state state-" + job.state;
   if (job.error) {
     const err = document.createElement("div"); err.className = "error-line"; err.textContent = job.error;
     state.appendChild(err);
