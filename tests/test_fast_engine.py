@@ -236,7 +236,7 @@ def test_segmentation_layer_runs_in_slabs(model, ct_tiles, tmp_path):
     slab (as the exact engine does), so a tile's classes x patch output is never held whole, and the
     weighted slabs are the whole output's, weighted."""
     from totalseg.predict.lean_unet import SEG_SLAB
-    from totalseg.predict.sliding_window import gaussian_weights, weighted_outputs
+    from totalseg.predict.sliding_window import FastForward, gaussian_weights, tile_forward
 
     patch = model.plans.patch_size
     fast = fast_engine.FastNetwork(model.networks[0], patch, 1, tmp_path, precision="f32")
@@ -246,7 +246,9 @@ def test_segmentation_layer_runs_in_slabs(model, ct_tiles, tmp_path):
     tiles = [(slice(0, patch[0]), slice(0, patch[1]), slice(0, patch[2])),
              (slice(patch[0], 2 * patch[0]), slice(0, patch[1]), slice(0, patch[2]))]
     weight = torch.from_numpy(gaussian_weights(tuple(patch)).copy())
-    slabs = list(weighted_outputs(fast, volume, tiles, weight))
+    forward = tile_forward([fast], "cpu")
+    assert isinstance(forward, FastForward) and forward.workers(fast, volume, tiles) == 1
+    slabs = list(forward.weighted_outputs(fast, volume, tiles, weight, 1))
     assert [(i, z.start) for i, z, _ in slabs] == [(i, z) for i in (0, 1) for z in range(0, patch[0], SEG_SLAB)]
     for i in (0, 1):
         whole = _run(fast, ct_tiles[i:i + 1])[0] * weight

@@ -391,3 +391,21 @@ def test_info_lists_states_and_sizes(home, zips, tmp_path, capsys):
     assert info.main(["-ta", "total"]) == 0
     text = capsys.readouterr().out
     assert "1 installed" in text and FASTEST in text
+
+
+def test_needed_folds_follow_custom_tasks_json(tmp_path, monkeypatch):
+    """A custom task's folds decide what counts as installed: an edit of custom_tasks.json between two
+    calls is seen at once, by needed_folds and by the files it requires."""
+    from totalseg.install.status import needed_folds, required_files
+    from totalseg.registry import get_model
+
+    monkeypatch.setenv("TOTALSEG_HOME_DIR", str(tmp_path))
+    entry = {"folder": "Dataset901_Synth", "trainer": "nnUNetTrainer", "plans": "nnUNetPlans",
+             "configuration": "3d_fullres", "classes": {"1": "liver"}}
+    path = tmp_path / "custom_tasks.json"
+    path.write_text(json.dumps({"tasks": {"synth": entry}}))
+    assert needed_folds(901) == (0,)
+    path.write_text(json.dumps({"tasks": {"synth": {**entry, "folds": [1, 3]}}}))
+    assert needed_folds(901) == (1, 3)
+    assert [f.split("/")[1] for f in required_files(get_model(901))[2:]] == ["fold_1", "fold_3"]
+    assert needed_folds(291) == needed_folds(291)  # built-in models: unchanged by the edit

@@ -345,3 +345,27 @@ def test_fake_weights_match_registry(folder: Path):
         for mode in get_task(name).modes.values():
             if mid in mode.models and mode.resample is not None:
                 assert tuple(spacing[::-1]) == pytest.approx(mode.resample, abs=1e-9), (name, folder.name)
+
+
+def _write_custom_task(home: Path, classes: dict) -> None:
+    """``<home>/custom_tasks.json`` with one task "synth" running Dataset901_Synth."""
+    entry = {"folder": "Dataset901_Synth", "trainer": "nnUNetTrainer", "plans": "nnUNetPlans",
+             "configuration": "3d_fullres", "classes": classes}
+    (home / "custom_tasks.json").write_text(json.dumps({"tasks": {"synth": entry}}))
+
+
+def test_official_class_map_follows_custom_tasks_json(tmp_path, monkeypatch):
+    """The official ``class_map`` table lists custom tasks: an edit of custom_tasks.json between two
+    calls is seen (added, renamed, removed), and an unchanged file gives the table already built."""
+    from totalseg.registry import official_maps
+
+    monkeypatch.setenv("TOTALSEG_HOME_DIR", str(tmp_path))
+    assert "synth" not in official_maps.table("class_map")
+    _write_custom_task(tmp_path, {"1": "liver"})
+    first = official_maps.table("class_map")
+    assert first["synth"] == {1: "liver"} and official_maps.table("class_map") is first
+    _write_custom_task(tmp_path, {"1": "liver", "2": "right_kidney"})
+    assert official_maps.table("class_map")["synth"] == {1: "liver", 2: "right_kidney"}
+    assert official_maps.table("class_map_5_parts") == official_maps.table("class_map_5_parts")
+    (tmp_path / "custom_tasks.json").unlink()
+    assert "synth" not in official_maps.table("class_map")

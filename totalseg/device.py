@@ -7,6 +7,13 @@ from typing import Callable
 from totalseg.errors import UserError
 
 
+def device_kind(device) -> str:
+    """The kind of a torch device, given by name ("cuda:1", "cpu", "meta") or as a ``torch.device``:
+    "cuda", "cpu", "mps" or "meta". The one way to ask "which device?" (a name's prefix and a
+    ``torch.device``'s ``type`` are the same string), so callers need not import torch for it."""
+    return str(device).split(":", 1)[0]
+
+
 def check_device(name: str) -> None:
     if name not in ("gpu", "cpu", "mps") and not re.fullmatch(r"gpu:\d+", name):
         raise UserError(f"unknown device '{name}'; use gpu, gpu:N, cpu or mps")

@@ -6,17 +6,17 @@ A model counts as installed only when its result folder has plans.json, dataset.
 from __future__ import annotations
 
 import json
-from functools import lru_cache
 from pathlib import Path
 
 from totalseg.errors import WeightsError
 from totalseg.registry import Model, get_model, get_task, task_names
+from totalseg.registry.custom import follows_custom_tasks
 
 CHECKPOINT = "checkpoint_final.pth"
 INSTALLED, MISSING, INCOMPLETE = "installed", "missing", "incomplete"
 
 
-@lru_cache(maxsize=None)
+@follows_custom_tasks  # an edited custom task may take other folds
 def needed_folds(model_id: int) -> tuple[int, ...] | None:
     """Folds the tasks running ``model_id`` load; None when one takes every fold found (then any one will do)."""
     folds: set[int] = set()

@@ -10,13 +10,14 @@ from __future__ import annotations
 import itertools
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from totalseg.device import device_kind
 from totalseg.predict.kernel_checks import KernelChecks
 
 
@@ -68,55 +69,34 @@ def pad_to_patch(data: np.ndarray, patch) -> tuple[np.ndarray, tuple[slice, ...]
 SMALL_NETWORK_PARAMETERS = 2_000_000
 
 
-@dataclass(frozen=True)
-class Runner:
-    """How the networks of a model run: where, and through which engine.
-
-    ``networks`` are torch modules on ``device`` (one per fold) or fast-engine callables (CPU);
-    ``checks`` holds the answers about exact CPU shortcuts (the lean forward pass). On a CUDA device
-    the networks run under nnU-Net's fp16 autocast and the sums stay on the device, as the official
-    GPU path does; the ``meta`` device is a dry run (no values) that checks where tensors live.
-    """
-
-    networks: list
-    device: str = "cpu"
-    checks: KernelChecks | None = None
-    notice: Callable[[str], None] | None = None
-    progress_bar: Callable[[int], Any] | None = None  # total tiles -> a context manager with update(n)
-
-    @property
-    def on_cpu(self) -> bool:
-        return self.device == "cpu"
-
-
 def to_host(t) -> np.ndarray:
     """A tensor's values as a numpy array (zeros for a meta tensor, which has no values)."""
-    if t.device.type == "meta":
+    if device_kind(t.device) == "meta":
         return np.zeros(tuple(t.shape), dtype=str(t.dtype).replace("torch.", "").replace("bool", "bool_"))
     return t.cpu().numpy()
 
 
-def _autocast(device):
-    import contextlib
-
+def run_float32(net, tile):
+    """The network's output for one tile (1, C, *patch), in float32: nnU-Net's CPU arithmetic."""
     import torch
 
-    # nnU-Net runs the network under fp16 autocast on CUDA only; elsewhere in float32.
-    return torch.autocast("cuda", enabled=True) if device.type == "cuda" else contextlib.nullcontext()
-
-
-def _forward(net, tile):
-    import torch
-
-    with torch.inference_mode(), _autocast(tile.device):
+    with torch.inference_mode():
         return net(tile)[0]
 
 
-def _forward_in_worker(net, tile):
+def run_autocast(net, tile):
+    """The network's output for one tile under fp16 autocast: nnU-Net's CUDA arithmetic."""
+    import torch
+
+    with torch.inference_mode(), torch.autocast("cuda", enabled=True):
+        return net(tile)[0]
+
+
+def _run_in_worker(run, net, tile):
     import torch
 
     torch.set_flush_denormal(True)  # a per-thread setting; pool threads end with the pool
-    return _forward(net, tile)
+    return run(net, tile)
 
 
 def tile_workers(net, sample) -> int:
@@ -125,27 +105,29 @@ def tile_workers(net, sample) -> int:
     import torch
 
     threads = torch.get_num_threads()
-    if (threads < 2 or not isinstance(net, torch.nn.Module) or sample.device.type != "cpu"
+    if (threads < 2 or not isinstance(net, torch.nn.Module) or device_kind(sample.device) != "cpu"
             or sum(p.numel() for p in net.parameters()) >= SMALL_NETWORK_PARAMETERS):
         return 1
-    reference = _forward(net, sample)
+    reference = run_float32(net, sample)
     torch.set_num_threads(1)
     try:
-        single = _forward(net, sample)
+        single = run_float32(net, sample)
     finally:
         torch.set_num_threads(threads)
     return threads if torch.equal(reference, single) else 1
 
 
-def network_outputs(net, volume, tiles, workers: int = 1):
-    """The network's output for each tile, in tile order; with ``workers`` > 1 several tiles
-    compute at once (one intra-op thread each, set by the caller) while the caller consumes them."""
-    def tile_input(tile):
-        return volume[(slice(None), *tile)][None]
+def _tile_input(volume, tile):
+    return volume[(slice(None), *tile)][None]
 
+
+def network_outputs(net, volume, tiles, workers: int = 1, run: Callable = run_float32):
+    """The network's output for each tile (``run(net, tile)``), in tile order; with ``workers`` > 1
+    several tiles compute at once (one intra-op thread each, set by the caller) while the caller
+    consumes them."""
     if workers <= 1:
         for tile in tiles:
-            yield _forward(net, tile_input(tile))
+            yield run(net, _tile_input(volume, tile))
         return
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
@@ -153,36 +135,137 @@ def network_outputs(net, volume, tiles, workers: int = 1):
     with ThreadPoolExecutor(workers) as pool:
         pending = deque()
         for tile in tiles:
-            pending.append(pool.submit(_forward_in_worker, net, tile_input(tile)))
+            pending.append(pool.submit(_run_in_worker, run, net, _tile_input(volume, tile)))
             if len(pending) > 2 * workers:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
 
 
-def weighted_outputs(net, volume, tiles, weight, workers: int = 1, checks: KernelChecks | None = None,
-                     lean: bool = True):
-    """``(tile index, z, output * weight)`` for every tile in order, where ``z`` slices the tile's
-    first axis: whole tiles, or slabs of them from the memory-lean forward pass (CPU only)."""
-    from totalseg.predict.lean_unet import LeanUNet, weighted_head_slabs
-
-    head = getattr(net, "head", None)  # a fast-engine network that leaves its segmentation layer to torch
-    if head is not None:
-        for i, tile in enumerate(tiles):
-            for z, out in weighted_head_slabs(net.features(volume[(slice(None), *tile)][None]), head, weight):
-                yield i, z, out
-        return
-    if lean and workers <= 1 and volume.device.type == "cpu" and LeanUNet.supports(net):
-        lean_net = LeanUNet(net, checks)
-        for i, tile in enumerate(tiles):
-            for z, out in lean_net.weighted_slabs(volume[(slice(None), *tile)][None], weight):
-                yield i, z, out
-        return
+def _weighted_whole_tiles(net, volume, tiles, weight, workers: int = 1, run: Callable = run_float32):
+    """``(tile index, whole first axis, output * weight)`` per tile, the weighting in the output's
+    dtype: fp32 on the CPU, fp16 under CUDA autocast (as nnU-Net), where the sums are kept."""
     whole = slice(0, weight.shape[0])
-    for i, out in enumerate(network_outputs(net, volume, tiles, workers)):
+    for i, out in enumerate(network_outputs(net, volume, tiles, workers, run)):
         out = out.to(weight.device)
-        out *= weight  # in the output's dtype: fp32 on the CPU, fp16 under CUDA autocast (as nnU-Net)
+        out *= weight
         yield i, whole, out
+
+
+class TileForward(Protocol):
+    """How one engine on one device runs a network over the tiles of a volume; chosen once per
+    loaded model (:func:`tile_forward`), so the sliding window never asks again.
+
+    ``device``: where the input lives (and the sums, unless moved to the host);
+    ``host_fallback``: whether sums that do not fit there may be kept in host memory instead."""
+
+    device: str
+    host_fallback: bool
+
+    def workers(self, net, volume, tiles) -> int:
+        """How many tiles run side by side (the caller sets one intra-op thread each when > 1)."""
+
+    def weighted_outputs(self, net, volume, tiles, weight, workers: int) -> Iterator[tuple[int, slice, Any]]:
+        """``(tile index, z, output * weight)`` for every tile in order; ``z`` slices the tile's
+        first axis: whole tiles or slabs of them."""
+
+
+@dataclass(frozen=True)
+class ExactCpuForward:
+    """torch's CPU kernels in float32 (the official masks bit for bit): small networks run several
+    tiles at once where that gives the same numbers, others the memory-lean forward pass."""
+
+    checks: KernelChecks | None = None
+    device: str = "cpu"
+    host_fallback: bool = False  # the sums are in host memory already
+
+    def workers(self, net, volume, tiles) -> int:
+        if len(tiles) <= 8:  # too few tiles to pay for the check
+            return 1
+        return tile_workers(net, _tile_input(volume, tiles[0]))
+
+    def weighted_outputs(self, net, volume, tiles, weight, workers: int):
+        from totalseg.predict.lean_unet import LeanUNet
+
+        if workers > 1 or not LeanUNet.supports(net):
+            return _weighted_whole_tiles(net, volume, tiles, weight, workers)
+        lean_net = LeanUNet(net, self.checks)
+        return ((i, z, out) for i, tile in enumerate(tiles)
+                for z, out in lean_net.weighted_slabs(_tile_input(volume, tile), weight))
+
+
+@dataclass(frozen=True)
+class ExactDeviceForward:
+    """torch on an accelerator (or the ``meta`` dry run): under nnU-Net's fp16 autocast on CUDA,
+    in float32 elsewhere; whole tiles, one at a time."""
+
+    device: str
+    autocast: bool = False
+
+    @property
+    def host_fallback(self) -> bool:
+        return device_kind(self.device) != "meta"  # a dry run allocates nothing
+
+    def workers(self, net, volume, tiles) -> int:
+        return 1
+
+    def weighted_outputs(self, net, volume, tiles, weight, workers: int):
+        run = run_autocast if self.autocast else run_float32
+        return _weighted_whole_tiles(net, volume, tiles, weight, 1, run)
+
+
+@dataclass(frozen=True)
+class FastForward:
+    """OpenVINO networks (fast_engine.FastNetwork) on the CPU; where the segmentation layer was left
+    to torch (``head``), its output is made and weighted slab by slab."""
+
+    device: str = "cpu"
+    host_fallback: bool = False
+
+    def workers(self, net, volume, tiles) -> int:
+        return 1  # one infer request per network: tiles take turns anyway
+
+    def weighted_outputs(self, net, volume, tiles, weight, workers: int):
+        from totalseg.predict.lean_unet import weighted_head_slabs
+
+        if net.head is None:
+            return _weighted_whole_tiles(net, volume, tiles, weight)
+        return ((i, z, out) for i, tile in enumerate(tiles)
+                for z, out in weighted_head_slabs(net.features(_tile_input(volume, tile)), net.head, weight))
+
+
+def tile_forward(networks, device: str, checks: KernelChecks | None = None) -> TileForward:
+    """The one tile forward for ``networks`` (torch modules on ``device``, or FastNetworks) on ``device``."""
+    from totalseg.predict.fast_engine import FastNetwork
+
+    if networks and all(isinstance(net, FastNetwork) for net in networks):
+        return FastForward()
+    kind = device_kind(device)
+    if kind == "cpu":
+        return ExactCpuForward(checks)
+    return ExactDeviceForward(device, autocast=kind == "cuda")  # nnU-Net autocasts on CUDA only
+
+
+@dataclass(frozen=True)
+class Runner:
+    """How the networks of a model run: where, and through which engine.
+
+    ``networks`` are torch modules on ``device`` (one per fold) or fast-engine callables (CPU);
+    ``checks`` holds the answers about exact CPU shortcuts (the lean forward pass). On a CUDA device
+    the networks run under nnU-Net's fp16 autocast and the sums stay on the device, as the official
+    GPU path does; the ``meta`` device is a dry run (no values) that checks where tensors live.
+    ``forward`` is how each tile runs, picked once here from the networks and the device.
+    """
+
+    networks: list
+    device: str = "cpu"
+    checks: KernelChecks | None = None
+    notice: Callable[[str], None] | None = None
+    progress_bar: Callable[[int], Any] | None = None  # total tiles -> a context manager with update(n)
+    forward: TileForward = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "forward", tile_forward(self.networks, self.device, self.checks))
 
 
 def check_finite(logits) -> None:
@@ -223,12 +306,6 @@ def _one_thread_each(workers: int):
         torch.set_num_threads(threads)
 
 
-def _workers(runner: Runner, net, volume, tiles) -> int:
-    if not runner.on_cpu or len(tiles) <= 8:
-        return 1
-    return tile_workers(net, volume[(slice(None), *tiles[0])][None])
-
-
 def _prepare(data: np.ndarray, patch, step: float, device: str, results: str):
     """The padded input on ``device``, the Gaussian on ``results`` (where sums are kept), the tiles."""
     import torch
@@ -244,7 +321,7 @@ def _on_device_or_host(runner: Runner, compute):
     memory, again with the sums in host memory (nnU-Net's own fallback)."""
     import torch
 
-    if runner.on_cpu or runner.device == "meta":
+    if not runner.forward.host_fallback:
         return compute(runner.device)
     try:
         return compute(runner.device)
@@ -253,6 +330,55 @@ def _on_device_or_host(runner: Runner, compute):
         if runner.notice is not None:
             runner.notice("WARNING: not enough GPU memory for the sums; keeping them in host memory")
         return compute("cpu")
+
+
+class _Sums(Protocol):
+    """Where the fp16 sums of one network's tiles live: first-axis slices ``base`` onwards."""
+
+    logits: Any  # (heads, first-axis window, *rest)
+    norm: Any  # (first-axis window, *rest)
+    base: int
+
+    def advance(self, start: int) -> None:
+        """The tiles have reached first-axis origin ``start``: slices before it get no more additions."""
+
+    def close(self) -> None:
+        """The last tile is in."""
+
+
+class _WholeSums:
+    """Sums over the whole volume: no slice is final before the last tile; then divided in place."""
+
+    base = 0
+
+    def __init__(self, num_heads: int, shape, results: str) -> None:
+        import torch
+
+        self.logits = torch.zeros((num_heads, *shape), dtype=torch.float16, device=results)
+        self.norm = torch.zeros(shape, dtype=torch.float16, device=results)
+
+    def advance(self, start: int) -> None:
+        pass
+
+    def close(self) -> None:
+        self.logits /= self.norm
+        self.norm = None  # freed before the next network's sums
+
+
+def _accumulate(forward: TileForward, net, volume, tiles, weight, sums: _Sums, tile_done) -> None:
+    """The one accumulation loop: every tile's weighted output and the weight added into ``sums`` in
+    fp16, tiles in order (first axis outermost), then ``sums.close()``."""
+    workers = forward.workers(net, volume, tiles)
+    with _one_thread_each(workers):
+        for i, z, out in forward.weighted_outputs(net, volume, tiles, weight, workers):
+            tile = tiles[i]
+            sums.advance(tile[0].start)
+            first = tile[0].start - sums.base  # the tile's first slice in the sums' window
+            sums.logits[(slice(None), slice(first + z.start, first + z.stop), *tile[1:])] += out
+            if z.start == 0:
+                sums.norm[(slice(first, first + weight.shape[0]), *tile[1:])] += weight
+                tile_done()
+        sums.close()
 
 
 def predict_logits(runner: Runner, data: np.ndarray, patch, step: float, num_heads: int):
@@ -265,26 +391,13 @@ def _logits(runner: Runner, data, patch, step: float, num_heads: int, results: s
     import torch
 
     volume, weight, tiles, keep = _prepare(data, patch, step, runner.device, results)
-    shape = volume.shape[1:]
     total = None
     with torch.inference_mode(), _tile_counter(runner, len(tiles) * len(runner.networks)) as tile_done:
         for net in runner.networks:
-            logits = torch.zeros((num_heads, *shape), dtype=torch.float16, device=results)
-            norm = torch.zeros(shape, dtype=torch.float16, device=results)
-            workers = _workers(runner, net, volume, tiles)
-            with _one_thread_each(workers):
-                for i, z, out in weighted_outputs(net, volume, tiles, weight, workers, runner.checks,
-                                                  runner.on_cpu):
-                    tile = tiles[i]
-                    target = (slice(tile[0].start + z.start, tile[0].start + z.stop), *tile[1:])
-                    logits[(slice(None), *target)] += out
-                    if z.start == 0:
-                        norm[tile] += weight
-                        tile_done()
-            logits /= norm
-            del norm
-            total = logits if total is None else total.add_(logits)
-            del logits
+            sums = _WholeSums(num_heads, volume.shape[1:], results)
+            _accumulate(runner.forward, net, volume, tiles, weight, sums, tile_done)
+            total = sums.logits if total is None else total.add_(sums.logits)
+            del sums
         if len(runner.networks) > 1:
             total /= len(runner.networks)
     return total[(slice(None), *keep)]
@@ -309,23 +422,33 @@ def predict_labels(runner: Runner, data: np.ndarray, patch, step: float, num_hea
                                                                         dtype, results))
 
 
-def _streamed_labels(runner: Runner, data, patch, step: float, num_heads: int, dtype, results: str):
-    import torch
+class _StreamedSums:
+    """Sums for one patch depth of first-axis slices: finished slices become labels and the window slides."""
 
-    net = runner.networks[0]
-    volume, weight, tiles, keep = _prepare(data, patch, step, runner.device, results)
-    shape = volume.shape[1:]
-    depth = patch[0]
-    logits = torch.zeros((num_heads, depth, *shape[1:]), dtype=torch.float16, device=results)
-    norm = torch.zeros((depth, *shape[1:]), dtype=torch.float16, device=results)
-    labels = np.zeros(shape, dtype=dtype)
-    base = 0  # first-axis index of the window's first slice
+    def __init__(self, num_heads: int, shape, depth: int, dtype, results: str) -> None:
+        import torch
 
-    def finish(n: int) -> None:
+        self.logits = torch.zeros((num_heads, depth, *shape[1:]), dtype=torch.float16, device=results)
+        self.norm = torch.zeros((depth, *shape[1:]), dtype=torch.float16, device=results)
+        self.labels = np.zeros(shape, dtype=dtype)
+        self.depth = depth
+        self.base = 0  # first-axis index of the window's first slice
+
+    def advance(self, start: int) -> None:
+        if start > self.base:
+            self._finish(start - self.base)
+            self.base = start
+
+    def close(self) -> None:
+        self._finish(self.depth)
+
+    def _finish(self, n: int) -> None:
         """Labels for the window's first ``n`` slices; then slide the window by ``n``."""
+        logits, norm, depth, base = self.logits, self.norm, self.depth, self.base
         values = logits[:, :n]
         values /= norm[:n]  # these slices are final: divide in place
         check_finite(values)
+        labels = self.labels
         for s in range(0, n, ARGMAX_SLICES):  # argmax's int64 output, a slab at a time
             labels[base + s:base + min(s + ARGMAX_SLICES, n)] = to_host(values[:, s:s + ARGMAX_SLICES].argmax(0))
         del values
@@ -337,17 +460,12 @@ def _streamed_labels(runner: Runner, data, patch, step: float, num_heads: int, d
         logits[:, depth - n:] = 0
         norm[depth - n:] = 0
 
-    workers = _workers(runner, net, volume, tiles)
-    with torch.inference_mode(), _one_thread_each(workers), _tile_counter(runner, len(tiles)) as tile_done:
-        for i, z, out in weighted_outputs(net, volume, tiles, weight, workers, runner.checks, runner.on_cpu):
-            tile = tiles[i]
-            if tile[0].start > base:
-                finish(tile[0].start - base)
-                base = tile[0].start
-            local = slice(tile[0].start - base + z.start, tile[0].start - base + z.stop)
-            logits[(slice(None), local, *tile[1:])] += out
-            if z.start == 0:
-                norm[(slice(None), *tile[1:])] += weight
-                tile_done()
-        finish(depth)
-    return labels[keep]
+
+def _streamed_labels(runner: Runner, data, patch, step: float, num_heads: int, dtype, results: str):
+    import torch
+
+    volume, weight, tiles, keep = _prepare(data, patch, step, runner.device, results)
+    sums = _StreamedSums(num_heads, volume.shape[1:], patch[0], dtype, results)
+    with torch.inference_mode(), _tile_counter(runner, len(tiles)) as tile_done:
+        _accumulate(runner.forward, runner.networks[0], volume, tiles, weight, sums, tile_done)
+    return sums.labels[keep]

@@ -13,28 +13,63 @@ The entries come back in the schema of tasks.json, with the class map inline.
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from totalseg.errors import UserError
 
 FOLDER = re.compile(r"^Dataset(\d{3,})_[A-Za-z0-9_.\-]+$")
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*$")
 _cache: dict[tuple, dict] = {}
+T = TypeVar("T")
+
+
+def file_stamp(path: Path) -> tuple | None:
+    """What tells one version of ``path`` from another without reading it: (path, mtime in ns, size);
+    None when it does not exist. Every cache of what custom_tasks.json says is keyed on it."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (str(path), st.st_mtime_ns, st.st_size)
 
 
 def read_custom(path: Path, builtin_tasks: dict, builtin_models: dict) -> dict:
     """``{"models": {...}, "tasks": {...}}`` from ``path`` (empty when it does not exist); checked."""
-    try:
-        st = path.stat()
-    except OSError:
+    key = file_stamp(path)
+    if key is None:
         return {"models": {}, "tasks": {}}
-    key = (str(path), st.st_mtime_ns, st.st_size)
     if key not in _cache:
         _cache.clear()
         _cache[key] = _parse(path, builtin_tasks, builtin_models)
     return _cache[key]
+
+
+def follows_custom_tasks(fn: Callable[..., T]) -> Callable[..., T]:
+    """``fn`` (of hashable arguments, derived from the registry) remembered until ``<home>/custom_tasks.json``
+    changes: results are keyed on the file's :func:`file_stamp` as well, and those of an older stamp are
+    dropped when a new one is seen, so the cache holds one version of the file at most."""
+    memo: dict[tuple, T] = {}
+    last: list = [None]  # the stamp the entries were made under
+
+    @functools.wraps(fn)
+    def cached(*args):
+        from totalseg import home
+
+        stamp = file_stamp(home.custom_tasks_path())
+        if stamp != last[0]:
+            memo.clear()
+            last[0] = stamp
+        key = (stamp, args)  # with the stamp: an entry made while another thread saw the old file never serves
+        if key not in memo:
+            memo[key] = fn(*args)
+        return memo[key]
+
+    cached.cache_clear = memo.clear  # as functools' caches have
+    return cached
 
 
 def _parse(path: Path, builtin_tasks: dict, builtin_models: dict) -> dict:

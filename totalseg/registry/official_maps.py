@@ -7,9 +7,9 @@ task's tables come from its part models, whose folder names say what each part h
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 
 from totalseg import registry
+from totalseg.registry.custom import follows_custom_tasks
 
 # Official table names of the multi-part tasks: (task, name of "model id -> part", name of "part -> labels").
 MULTI_PART = (("total", "map_taskid_to_partname_ct", "class_map_5_parts"),
@@ -35,9 +35,10 @@ def all_class_maps() -> dict[str, dict[int, str]]:
     return tables
 
 
-@lru_cache(maxsize=None)
+@follows_custom_tasks  # class_map lists the custom tasks too
 def table(name: str) -> dict:
-    """The official table called ``name`` (KeyError for other names); built once."""
+    """The official table called ``name`` (KeyError for other names); built once per version of
+    ``<home>/custom_tasks.json``."""
     if name == "class_map":
         return all_class_maps()
     for task, ids_name, labels_name in MULTI_PART:
