@@ -410,17 +410,17 @@ def results(marks: dict, sections: dict, metadata: dict) -> dict:
     """The report's JSON: landmarks (numbered, in order), section_stats and metadata."""
     keep_out = {"roi", "cl_idx", "empty", "diameter_tmp"}
     landmarks = {str(n): {k: v for k, v in marks[n].items() if k not in keep_out} for n in sorted(marks)}
-    return _plain({"landmarks": landmarks, "section_stats": sections, "metadata": metadata})
+    return json_ready({"landmarks": landmarks, "section_stats": sections, "metadata": metadata})
 
 
-def _plain(value):
+def json_ready(value):
     """Numpy numbers and arrays as JSON-ready Python values."""
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [json_ready(v) for v in value]
     if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
+        return json_ready(value.tolist())
     if isinstance(value, np.floating):
         return float(value)
     if isinstance(value, np.integer):

@@ -135,7 +135,8 @@ def report_pages(result: dict, context: dict, vessels: np.ndarray, meta: dict, w
             for n, m in context["marks"].items() if not m["empty"]}
     overview, lumens = preview_frames(context, vessels)
     base = _page(result, cuts, generated_now())
-    return pages_to_nifti([with_picture(base, frame) for frame in overview + lumens])
+    # last frame first along z, as the official report files
+    return pages_to_nifti([with_picture(base, frame) for frame in overview + lumens][::-1])
 
 
 def _frames_along(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -236,4 +237,4 @@ def cpr_animation(cpr: dict, context: dict, meta: dict, frames: int = 48):
         fig = _cpr_figure(cpr, meta, row=float(row))
         pages.append(figure_rgb(fig))
         plt.close(fig)
-    return pages_to_nifti(pages)
+    return pages_to_nifti(pages[::-1])  # last frame first along z, as officially

@@ -111,7 +111,7 @@ def measure_cut(roi: np.ndarray, affine, max_diameter: float) -> dict:
 def measure(ct_path: Path, totalseg: Path, details: Path, metadata: dict, work: Path, log: Log,
             artery_fn: str = "pulmonary_artery.nii.gz", debug: bool = False) -> tuple[dict, dict]:
     """The report's JSON and what its pictures need, from the mask folders (``work`` caches grid copies)."""
-    from totalseg.clinical.aorta import _plain
+    from totalseg.clinical.aorta import json_ready
 
     data = load_masks(ct_path, totalseg, details, artery_fn, work, log, debug)
     marks = data["marks"]
@@ -127,4 +127,4 @@ def measure(ct_path: Path, totalseg: Path, details: Path, metadata: dict, work: 
                      work / f"pulmonary_plane_lm{number}.nii.gz")
     keep_out = {"data", "empty", "diameter_tmp", "point", "roi"}
     landmarks = {str(n): {k: v for k, v in marks[n].items() if k not in keep_out} for n in sorted(marks)}
-    return _plain({"landmarks": landmarks, "metadata": metadata}), {**data, "max_diameter": max_diameter}
+    return json_ready({"landmarks": landmarks, "metadata": metadata}), {**data, "max_diameter": max_diameter}

@@ -36,4 +36,5 @@ def report_pages(result: dict, context: dict):
     layers += [(m["roi"], LANDMARK_COLOURS[n - 1], 1.0) for n, m in marks.items() if not m["empty"]]
     frames = rotating_views(layers, context["spacing"], size=(584, 584), frames=FRAMES, step_deg=STEP_DEG)
     base = _page(result, cuts, generated_now())
-    return pages_to_nifti([with_picture(base, frame, PREVIEW_BOX) for frame in frames])
+    # last frame first along z, as the official report files
+    return pages_to_nifti([with_picture(base, frame, PREVIEW_BOX) for frame in frames][::-1])
