@@ -1,6 +1,6 @@
 """``crop_to_body``: crop a CT to the body (or only the trunk) found by the 6 mm body model.
 
-The official recipe: the ``body`` task in its fastest form (6 mm model, fold 0), binarised (any body
+The official recipe: the ``body`` task in its fast form (6 mm model, fold 0), binarised (any body
 label, or with ``-t`` only ``body_trunc``), then the CT's bounding box of that mask grown by 3 mm per
 side (``int(3 / zoom)`` voxels), written as int32 with the affine moved to the box corner.
 """
@@ -72,7 +72,7 @@ def _run(args) -> int:
     import numpy as np
 
     from totalseg import totalsegmentator
-    from totalseg.write.atomic import write_atomic
+    from totalseg.write.nifti import save_atomic
 
     if not args.input.exists():
         raise UserError(f"the input file does not exist: {args.input}")
@@ -84,7 +84,7 @@ def _run(args) -> int:
         raise UserError(f"{args.input} has shape {image.shape}; crop_to_body needs a 3D image")
     started = time.time()
     say("Generating rough body segmentation...")
-    seg = totalsegmentator(image, None, task="body", fastest=True, ml=True, quiet=True, verbose=args.verbose,
+    seg = totalsegmentator(image, None, task="body", fast=True, ml=True, quiet=True, verbose=args.verbose,
                            nr_thr_resamp=args.nr_thr_resamp, nr_thr_saving=1, device=args.device)
     if args.verbose:
         say(f"Rough body segmentation generated in {time.time() - started:.2f}s")
@@ -92,7 +92,7 @@ def _run(args) -> int:
     out = crop_image(image, mask, say=say)
     say(f"  cropping from {image.shape} to {out.shape}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(args.output, lambda tmp: nib.save(out, tmp))
+    save_atomic(out, args.output)
     return 0
 
 
