@@ -349,8 +349,10 @@ def run_engine(values: RunOptions, predictor) -> str | None:
     if values.engine is not None and values.engine != predictor.engine:
         raise UserError(f"engine '{values.engine}' asked for, but the predictor runs '{predictor.engine}'")
     if values.device is not None:
+        from totalseg.device import device_kind
+
         wanted = {"cpu": "cpu", "mps": "mps"}.get(values.device, "cuda")
-        if not predictor.device.startswith(wanted) and predictor.device != "meta":
+        if device_kind(predictor.device) not in (wanted, "meta"):
             raise UserError(f"device '{values.device}' asked for, but the predictor runs on {predictor.device}")
     return predictor.engine
 

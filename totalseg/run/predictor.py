@@ -26,7 +26,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from totalseg import home
-from totalseg.device import select_device
+from totalseg.device import device_kind, select_device
 from totalseg.errors import UserError
 from totalseg.notice import notice_printer, timed
 from totalseg.registry import Model
@@ -100,7 +100,7 @@ class Predictor:
         check_engine(engine)
         self.notice = notice or notice_printer()
         self.device = "meta" if device == "meta" else select_device(device, self.notice)
-        if engine == "fast" and self.device != "cpu":
+        if engine == "fast" and device_kind(self.device) != "cpu":
             raise UserError("--engine fast runs on the CPU; use -d cpu with it, or --engine exact on the GPU")
         self.engine = engine
         self.threads = threads or default_threads()
@@ -120,7 +120,7 @@ class Predictor:
     def close(self) -> None:
         """Drop every loaded model (and the device memory it held)."""
         self._models.clear()
-        if self.device.startswith("cuda"):
+        if device_kind(self.device) == "cuda":
             import torch
 
             torch.cuda.empty_cache()
@@ -147,7 +147,7 @@ class Predictor:
 
         loaded = load_model(folder, model.configuration, folds)
         networks = loaded.networks
-        if self.device != "cpu":
+        if device_kind(self.device) != "cpu":
             networks = [net.to(self.device) for net in networks]
         elif self.engine == "fast":
             networks = self._fast_networks(loaded, model)
@@ -185,7 +185,7 @@ class Predictor:
         (benchmark mode), so the official GPU masks differ between two runs at near-tie voxels; pinned,
         the same input gives the same masks every time, equal to the official tool's with the same pin,
         and no run pays for the timing."""
-        cuda = self.device.startswith("cuda")
+        cuda = device_kind(self.device) == "cuda"
         with torch_settings(None if cuda else self.threads, True, pin_cudnn=cuda):
             yield
 

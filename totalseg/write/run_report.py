@@ -11,12 +11,14 @@ import json
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from totalseg.device import device_kind
 from totalseg.write.atomic import write_atomic
 
 
 def device_name(device: str) -> str:
     """The official report's device: ``gpu`` for CUDA, else the device type (``cpu``, ``mps``)."""
-    return "gpu" if device.startswith("cuda") else device.split(":")[0]
+    kind = device_kind(device)
+    return "gpu" if kind == "cuda" else kind
 
 
 def build_run_report(input, output, task: str, modality: str, license_required: bool, device: str,
