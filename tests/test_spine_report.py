@@ -342,3 +342,42 @@ def test_small_image_stops_as_official(tmp_path):
                "-l", str(tmp_path / "r.log")])
     assert rc == 0 and not (tmp_path / "r.json").exists() and not (tmp_path / "r.nii.gz").exists()
     assert (tmp_path / "r.log").read_text().splitlines()[-1].endswith("WARNING: Image shape is very small. Stopping.")
+
+
+def _chest_case(tmp: Path) -> dict:
+    """The 512 x 512 x 141 chest CT (0.98 x 0.98 x 2 mm, LPS) with made-up vertebrae: its largest bone
+    component near the midline, cut into 12-slice pieces labelled T1, T2, ... (shapes as real as the bone)."""
+    from scipy import ndimage
+
+    from totalseg.write.labelmap import load_multilabel_nifti, save_multilabel_nifti
+
+    ct = nib.load(REF.parent / "extra_ct" / "itkelastix_chest_ct.nii.gz")
+    c = np.asanyarray(ct.dataobj)
+    band = np.zeros(c.shape, bool)
+    band[c.shape[0] // 2 - 35:c.shape[0] // 2 + 35] = True
+    parts, n = ndimage.label((c > 180) & band)
+    spine = parts == 1 + np.argmax(ndimage.sum(parts > 0, parts, range(1, n + 1)))
+    seg = np.zeros(c.shape, np.uint8)
+    for k, z0 in enumerate(range(2, c.shape[2] - 2, 13)):
+        seg[:, :, z0:z0 + 12][spine[:, :, z0:z0 + 12]] = 8 + k  # vertebrae_T1 = 8
+    save_multilabel_nifti(nib.Nifti1Image(seg, ct.affine), tmp / "chest_seg.nii.gz", load_multilabel_nifti(MASKS)[1])
+    return {"name": "chest", "ct": str(REF.parent / "extra_ct" / "itkelastix_chest_ct.nii.gz"),
+            "seg": str(tmp / "chest_seg.nii.gz"), "out": str(tmp / "chest_official.json"), "range": "all"}
+
+
+@pytest.mark.slow
+@pytest.mark.official
+def test_same_numbers_as_official_on_a_chest_ct(tmp_path):
+    """A realistic size (the official code needs 1-2 minutes here, ours about 10 s)."""
+    python = _official_python()
+    if python is None or not (REF.parent / "extra_ct" / "itkelastix_chest_ct.nii.gz").exists():
+        pytest.skip("the official venv or ../shared/data/extra_ct is not available")
+    case = _chest_case(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    proc = subprocess.run([str(python), "-c", _OFFICIAL, json.dumps([case])], capture_output=True, text=True,
+                          timeout=1800, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    official = json.loads(proc.stdout.strip().splitlines()[-1])["chest"]
+    ours = _measure(nib.load(case["ct"]), nib.load(case["seg"]))
+    assert ours == official and list(ours) == list(official)
+    assert sum(k.endswith("_volume_ml") for k in ours) >= 8

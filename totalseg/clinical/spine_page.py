@@ -173,21 +173,23 @@ def report_page(picture: Path, metadata: Mapping[str, Any], phase: str, has_meas
     image = imread(str(picture))
     column = 572
     pic_h = int(round(column * image.shape[0] / image.shape[1]))
+    box_h = max(pic_h, 400)  # room for the verdict beside a wide, flat picture
     top = 184
-    page = common.PageLayout(height=top + pic_h + 16 + 8 + 66)
+    page = common.PageLayout(height=top + box_h + 16 + 8 + 66)
     y = common.draw_header(page, "Spine report", str(metadata.get("version", "")), generated)
     common.draw_details(page, y, {"Sex": metadata.get("PatientSex", ""), "Age": metadata.get("PatientAge", ""),
                                   "Study": metadata.get("StudyDescription", ""),
                                   "Study Date": common.to_date(metadata.get("StudyDate")),
                                   "Contrast Phase": phase.replace("_", " ")})
-    page.panel(8, top, page.width - 16, pic_h + 16, common.PANEL_BG)
+    page.panel(8, top, page.width - 16, box_h + 16, common.PANEL_BG)
     ok = has_measurements and not high and not low
-    page.panel(24, top + 24, column - 16, pic_h - 32, common.OK_COLOUR if ok else common.WARN_COLOUR, rounded=8)
-    page.text(24 + (column - 16) / 2, top + 24 + (pic_h - 32) * 0.59, "\u2713" if ok else "X", 360,
-              weight="bold", ha="center", va="center", alpha=0.25)
+    page.panel(24, top + 24, column - 16, box_h - 32, common.OK_COLOUR if ok else common.WARN_COLOUR, rounded=8)
+    # The large faint tick or cross behind the verdict, below its text.
+    page.text(24 + (column - 16) / 2, top + 24 + (box_h - 32) * 0.6, "\u2713" if ok else "X",
+              min(360, 0.6 * (box_h - 32)), weight="bold", ha="center", va="center", alpha=0.25)
     for k, line in enumerate(status_lines(has_measurements, high, low)):
         page.text(24 + (column - 16) / 2, top + 56 + 28 * k, line, 21, weight="bold", ha="center")
-    ax = page.box(page.width - 24 - column, top + 8, column, pic_h)
+    ax = page.box(page.width - 24 - column, top + 8 + (box_h - pic_h) // 2, column, pic_h)
     ax.imshow(image, interpolation="antialiased")
     common.draw_footer(page, common.FOOTER_LINES)
     return page.rgb()
