@@ -381,3 +381,54 @@ def test_same_numbers_as_official_on_a_chest_ct(tmp_path):
     ours = _measure(nib.load(case["ct"]), nib.load(case["seg"]))
     assert ours == official and list(ours) == list(official)
     assert sum(k.endswith("_volume_ml") for k in ours) >= 8
+
+
+# The official page goes through wkhtmltoimage (imgkit), which Debian no longer ships: headless Chromium
+# renders the same HTML instead, so that the official command runs to its end here.
+_OFFICIAL_CLI = """
+import subprocess, sys
+from pathlib import Path
+import imgkit
+
+def from_string(html, output_file, options=None):
+    page = Path(str(output_file) + ".chromium.html")
+    page.write_text(html)
+    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--screenshot={output_file}", "--window-size=1200,1600", f"file://{page}"],
+                   check=True, capture_output=True)
+    return True
+
+imgkit.from_string = from_string
+sys.argv = ["totalseg_spine_report"] + sys.argv[1:]
+from totalsegmentator.bin.totalseg_spine_report import main
+main()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.official
+def test_official_command_live_gives_the_same_report(tmp_path):
+    """The official ``totalseg_spine_report`` run here on the same masks: the same JSON bytes and log lines."""
+    python = _official_python()
+    if python is None or shutil.which("chromium") is None or not MASKS.exists():
+        pytest.skip("the official venv or chromium is not available")
+    outputs = {}
+    for who in ("official", "ours"):
+        work = _workdir(tmp_path / who / "work")
+        args = ["-i", str(CT), "-n", str(SPINE / "example_nodeinfo.json"), "-o", str(tmp_path / who / "r.nii.gz"),
+                "-j", str(tmp_path / who / "r.json"), "-l", str(tmp_path / who / "r.log"), "-tmp", str(work)]
+        if who == "official":
+            env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+            proc = subprocess.run([str(python), "-c", _OFFICIAL_CLI, *args], capture_output=True, text=True,
+                                  timeout=900, env=env, cwd=tmp_path)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+        else:
+            assert main(args) == 0
+        log = (tmp_path / who / "r.log").read_text().splitlines()
+        outputs[who] = ((tmp_path / who / "r.json").read_bytes(), [line[6:] for line in log if "width:" not in line],
+                        nib.load(tmp_path / who / "r.nii.gz"))
+    assert outputs["ours"][0] == outputs["official"][0]
+    assert outputs["ours"][1] == outputs["official"][1]
+    ours, official = outputs["ours"][2], outputs["official"][2]
+    assert ours.header["datatype"] == official.header["datatype"] == 128
+    assert np.array_equal(ours.affine, official.affine) and ours.shape[0] == official.shape[0] == 1201

@@ -41,7 +41,7 @@ class Vertebra:
     name: str
     label: int
     centroid: np.ndarray
-    height_axis: np.ndarray = field(default=None)
+    height_axis: np.ndarray | None = None
     x_slice: int = 0
     heights: dict = field(default_factory=dict)  # "15%" / "50%" / "85%" -> measurement dict
     volume_mm3: float = 0.0
@@ -89,7 +89,7 @@ def select_range(vertebrae: list[tuple[int, str]], spine_range: str) -> tuple[li
 
 def _box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
     """The bounding box of ``mask`` grown by ``margin`` voxels, inside the image."""
-    idx = np.nonzero(mask.any(axis=(1, 2)))[0], np.nonzero(mask.any(axis=(0, 2)))[0], np.nonzero(mask.any(axis=(0, 1)))[0]
+    idx = [np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))[0] for axis in range(3)]
     return tuple(slice(max(0, int(i[0]) - margin), min(n, int(i[-1]) + margin + 1)) for i, n in zip(idx, mask.shape))
 
 
