@@ -139,6 +139,29 @@ def test_equals_official_live(report, tmp_path):
     _assert_close(got, official)
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not (OFFICIAL_VENV / "bin" / "python").exists(), reason="official 2.18.0 venv not installed")
+def test_erosion_and_skip_dissection_equal_official_live(tmp_path):
+    """-e and -sd against the official 2.18.0 code with the same options; -ca writes the animated CPR."""
+    out = tmp_path / "out"
+    rc = _main(["-i", MODELS / "ct_cropped.nii.gz", "-rt", MODELS, "-rd", MODELS, "-o", out / "r.nii.gz",
+                "-j", out / "r.json", "-l", out / "log.txt", "-tmp", _work(tmp_path), "-e", "-sd",
+                "-ca", out / "cpr_animated.nii.gz"])
+    assert rc == 0
+    got = json.loads((out / "r.json").read_text())
+    assert got["metadata"]["PatientAge"] == 83  # no nodeinfo: the official defaults
+    assert all(lm["area_fl"] in (0.0, None) for lm in got["landmarks"].values())
+    assert nib.load(out / "cpr_animated.nii.gz").shape[2] == 48
+    harness = tmp_path / "harness.py"
+    harness.write_text(OFFICIAL_HARNESS)
+    done = subprocess.run([str(OFFICIAL_VENV / "bin" / "python"), str(harness), "aorta", str(tmp_path / "official"),
+                           "erosion=True", "skip_dissection=True"], capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-2000:]
+    official = json.loads((tmp_path / "official" / "report.json").read_text())
+    got["metadata"] = official["metadata"]  # the harness gives the reference patient's details
+    _assert_close(got, official)
+
+
 def _assert_close(got, want, where=""):
     if isinstance(want, dict):
         assert list(got) == list(want), where
