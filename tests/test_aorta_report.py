@@ -125,6 +125,18 @@ def test_help_without_torch():
     assert "--skip_dissection" in done.stdout and "--cpr_animated" in done.stdout
 
 
+def test_plane_normal_is_scikit_learn_pca():
+    """The cut planes use the official's PCA normal: same numbers as scikit-learn's PCA, both solver paths."""
+    decomposition = pytest.importorskip("sklearn.decomposition")
+    from totalseg.clinical.planes import _principal_axes
+
+    mask = np.asanyarray(nib.load(MODELS / "annulus_proper.nii.gz").dataobj) > 0
+    points = np.argwhere(mask)
+    for few in (points, points[:17]):  # >= 30 points: covariance eigenvectors; fewer: SVD
+        x = few - few.mean(axis=0)
+        assert np.array_equal(_principal_axes(x), decomposition.PCA(n_components=3).fit(x).components_)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not (OFFICIAL_VENV / "bin" / "python").exists(), reason="official 2.18.0 venv not installed")
 def test_equals_official_live(report, tmp_path):

@@ -114,8 +114,10 @@ def _farthest_pair(points: np.ndarray):
     dists = pdist(points)
     k = int(np.argmax(dists))
     n = len(points)
-    i = n - 2 - int(np.floor(np.sqrt(-8 * k + 4 * n * (n - 1) - 7) / 2 - 0.5))
-    j = k + i + 1 - n * (n - 1) // 2 + (n - i) * (n - i - 1) // 2
+    rows = np.arange(n - 1)
+    starts = rows * n - rows * (rows + 1) // 2  # where row i of the condensed matrix begins
+    i = int(np.searchsorted(starts, k, side="right")) - 1
+    j = k - int(starts[i]) + i + 1
     return dists[k], points[i].copy(), points[j].copy()
 
 
