@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """``totalseg_serve`` against ``totalseg_batch`` on the same queue of cases, and the first job's latency.
 
-    python3 bench/serve.py --home HOME [--input IMG] [--n N] [--out DIR] [-d cpu] -- <batch flags, e.g. --fastest --ml>
+    python3 bench/serve.py --home HOME [--input IMG] [--n N] [--rounds R] [--out DIR] [-d cpu] -- <batch flags>
+
+(batch flags, e.g. ``-- --fastest --ml``).
 
 The queue is N copies of the input. Both sides start cold (a fresh process that loads the models once), each
 with its own fresh copy of HOME:
@@ -23,6 +25,7 @@ import os
 import resource
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -113,6 +116,15 @@ def run_service(cases: list[Path], data: Path, home: Path, options: dict, device
             "cpu_s": _children_cpu() - cpu}
 
 
+def _figures(batch: float, batch_cpu: float, service: dict, n: int) -> dict:
+    return {"batch_s": round(batch, 2), **{k: round(v, 2) for k, v in service.items()},
+            "batch_cpu_s_per_case": round(batch_cpu / n, 3),
+            "service_cpu_s_per_job": round(service["cpu_s"] / (2 * n), 3),
+            "ratio_service_to_batch": round(service["queue_s"] / batch, 3),
+            "overhead_per_case_s": round((service["queue_s"] - batch) / n, 3),
+            "warm_s_per_case": round(service["warm_queue_s"] / n, 3)}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--home", type=Path, default=os.environ.get("TOTALSEG_HOME_DIR"), help="weights home (copied)")
@@ -120,6 +132,8 @@ def main() -> int:
     p.add_argument("--n", type=int, default=8, help="cases in the queue (default 8)")
     p.add_argument("--out", type=Path, default=None, help="work folder (default: a temporary one)")
     p.add_argument("-d", "--device", default="cpu")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="batch and service taken in turns this many times (on a busy machine: medians)")
     p.add_argument("flags", nargs="*", help="totalseg_batch flags after --, e.g. -- --fastest --ml")
     args = p.parse_args()
     unknown = [f for f in args.flags if f not in FLAGS]
@@ -135,16 +149,19 @@ def main() -> int:
         shutil.copyfile(args.input, case)
         cases.append(case)
 
-    batch, batch_cpu = run_batch(cases, out / "batch", _fresh_home(args.home, out / "home_batch"), args.flags,
-                                 args.device)
-    service = run_service(cases, out / "service", _fresh_home(args.home, out / "home_service"), options, args.device)
+    rounds = []
+    for r in range(args.rounds):  # in turns, so that a change in the machine's other load hits both sides
+        sides = {"batch": lambda: run_batch(cases, out / f"batch{r}", _fresh_home(args.home, out / f"home_b{r}"),
+                                            args.flags, args.device),
+                 "service": lambda: run_service(cases, out / f"service{r}", _fresh_home(args.home, out / f"home_s{r}"),
+                                                options, args.device)}
+        order = ["batch", "service"] if r % 2 == 0 else ["service", "batch"]  # and each goes first in turn
+        got = {side: sides[side]() for side in order}
+        (batch, batch_cpu), service = got["batch"], got["service"]
+        rounds.append(_figures(batch, batch_cpu, service, args.n))
+        print(json.dumps(rounds[-1]), flush=True)
     result = {"input": str(args.input), "cases": args.n, "options": options, "device": args.device,
-              "batch_s": round(batch, 2), **{k: round(v, 2) for k, v in service.items()},
-              "batch_cpu_s_per_case": round(batch_cpu / args.n, 3),
-              "service_cpu_s_per_job": round(service["cpu_s"] / (2 * args.n), 3),
-              "ratio_service_to_batch": round(service["queue_s"] / batch, 3),
-              "overhead_per_case_s": round((service["queue_s"] - batch) / args.n, 3),
-              "warm_s_per_case": round(service["warm_queue_s"] / args.n, 3)}
+              "median": {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}, "rounds": rounds}
     (out / "results.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     return 0

@@ -441,3 +441,30 @@ def test_twenty_concurrent_uploads_each_done_once(tmp_path, fake_home, tiny):
                 assert (service.data / "jobs" / i / "log.txt").read_text().count("Predicting") == 1
     finally:
         service.stop()
+
+
+def test_ray_flags_of_job_options():
+    from totalseg.serve.ray_jobs import batch_flags
+
+    flags = batch_flags({"fastest": True, "ml": False, "roi_subset": ["liver", "spleen"], "task": "total",
+                         "statistics_exclude_masks_at_border": False, "nr_thr_saving": 2})
+    assert flags == ["--fastest", "--roi_subset", "liver", "spleen", "--task", "total", "--stats_include_incomplete",
+                     "--nr_thr_saving", "2"]
+
+
+@pytest.mark.slow
+def test_ray_job_equals_totalsegmentator(tmp_path, fake_home, tiny, use_home):
+    """--ray: the job runs through totalseg_batch --ray on a local Ray cluster (40 s and more to start it)."""
+    from totalseg import totalsegmentator
+
+    service = Service(tmp_path / "data", fake_home, "--ray").start()
+    try:
+        with service.client() as client:
+            options = {"fastest": True, "ml": True, "statistics": True}
+            job = service.wait(client, service.submit(client, tiny, options).json()["id"], timeout=600)
+            assert job["state"] == "done", job["error"]
+            totalsegmentator(tiny, tmp_path / "ref.nii.gz", device="cpu", quiet=True, **options)
+            for name, ref in [("segmentation.nii.gz", "ref.nii.gz"), ("statistics.json", "statistics.json")]:
+                assert client.get(f"/api/jobs/{job['id']}/files/{name}").content == (tmp_path / ref).read_bytes()
+    finally:
+        service.stop()

@@ -58,6 +58,8 @@ def config_from_args(args) -> dict:
     token = args.token if args.token is not None else os.environ.get("TOTALSEG_SERVE_TOKEN") or None
     if args.host not in LOOPBACK and not token:
         raise UserError(f"refusing to listen on {args.host} without a token; give --token or $TOTALSEG_SERVE_TOKEN")
+    if args.engine == "fast" and args.device != "cpu" and not args.ray:
+        raise UserError("--engine fast runs on the CPU; use -d cpu with it, or --engine exact on the GPU")
     if args.max_upload_mb <= 0:
         raise UserError("--max-upload-mb must be positive")
     root = None

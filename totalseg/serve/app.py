@@ -112,14 +112,11 @@ def _authorized(request, token: str | None) -> bool:
 
 def create_app(config: dict, store: JobStore, worker, say: Callable[[str], None] = print):
     """The FastAPI app over ``store``; ``worker``: the ``WorkerProcess`` (restarted to cancel a running job)."""
-    from fastapi import FastAPI, File, Form, Request, UploadFile
-    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
+    from fastapi import FastAPI
+    from fastapi.responses import FileResponse
     from fastapi.staticfiles import StaticFiles
 
     from totalseg import __version__
-    from totalseg.serve.worker import check_job_options, write_report
-
-    token = config.get("token")
 
     @asynccontextmanager
     async def lifespan(app):
@@ -129,6 +126,29 @@ def create_app(config: dict, store: JobStore, worker, say: Callable[[str], None]
 
     app = FastAPI(title="totalseg_serve", version=__version__, lifespan=lifespan,
                   description="TotalSegmentator as a service: submit a job, follow it, download its outputs.")
+    _add_error_answers(app)
+    _add_access(app, config.get("token"))
+    _add_job_routes(app, config, store, worker, say)
+    _add_report_routes(app, store)
+
+    @app.get("/api/service")
+    def service():
+        """The worker's state (for monitoring and tests)."""
+        return {"version": __version__, "worker_pid": worker.pid, "worker_alive": worker.alive(),
+                "worker_restarts": worker.restarts, "device": config.get("device"), "engine": config.get("engine")}
+
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def _add_error_answers(app) -> None:
+    """A user's mistake: 422 (an unknown job: 404), a refused path: 403, a database that cannot be written: 503;
+    each with a one-line ``detail``."""
+    from fastapi.responses import JSONResponse
 
     @app.exception_handler(UserError)
     async def user_error(request, e: UserError):
@@ -142,6 +162,12 @@ def create_app(config: dict, store: JobStore, worker, say: Callable[[str], None]
     @app.exception_handler(PermissionError)
     async def forbidden(request, e: PermissionError):
         return JSONResponse({"detail": str(e)}, status_code=403)
+
+
+def _add_access(app, token: str | None) -> None:
+    """The token on every call but the health check (a header, or the page's cookie from the login form)."""
+    from fastapi import Form, Request
+    from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
     @app.middleware("http")
     async def authenticate(request: Request, call_next):
@@ -161,14 +187,15 @@ def create_app(config: dict, store: JobStore, worker, say: Callable[[str], None]
         if token is None or not secrets.compare_digest(token_field.encode(), token.encode()):
             return HTMLResponse((STATIC / "login.html").read_text(), status_code=401)
         response = RedirectResponse("/", status_code=303)
-        response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+        response.set_cookie(COOKIE, token, httponly=True, samesite="strict")  # not sent by other sites' pages
         return response
 
-    @app.get("/api/service")
-    def service():
-        """The worker's state (for monitoring and tests)."""
-        return {"version": __version__, "worker_pid": worker.pid, "worker_alive": worker.alive(),
-                "worker_restarts": worker.restarts, "device": config.get("device"), "engine": config.get("engine")}
+
+def _add_job_routes(app, config: dict, store: JobStore, worker, say: Callable[[str], None]) -> None:
+    from fastapi import File, Form, UploadFile
+    from fastapi.responses import FileResponse
+
+    from totalseg.serve.worker import check_job_options
 
     @app.get("/api/jobs")
     def list_jobs():
@@ -200,12 +227,31 @@ def create_app(config: dict, store: JobStore, worker, say: Callable[[str], None]
     def download(job_id: str, name: str):
         return FileResponse(store.output_path(job_id, name), filename=name)
 
+    @app.delete("/api/jobs/{job_id}")
+    def delete(job_id: str):
+        """Cancel a queued or running job; remove a finished one with its files."""
+        state = store.cancel(job_id)
+        if state == "running":
+            worker.restart()
+            say(f"job {job_id} cancelled; worker restarted")
+            return {"id": job_id, "state": "cancelled"}
+        if state == "queued":
+            return {"id": job_id, "state": "cancelled"}
+        store.delete(job_id)
+        return {"id": job_id, "state": "deleted"}
+
+
+def _add_report_routes(app, store: JobStore) -> None:
+    from fastapi.responses import FileResponse, RedirectResponse
+
+    from totalseg.serve.worker import write_report
+
+    reports = threading.Lock()  # one report written at a time (a page asks for many files at once)
+
     @app.get("/api/jobs/{job_id}/report")
     def report(job_id: str):
         store.get(job_id)
         return RedirectResponse(f"/api/jobs/{job_id}/report/", status_code=307)
-
-    reports = threading.Lock()  # one report written at a time (a page asks for many files at once)
 
     @app.get("/api/jobs/{job_id}/report/{path:path}")
     def report_file(job_id: str, path: str):
@@ -224,26 +270,6 @@ def create_app(config: dict, store: JobStore, worker, say: Callable[[str], None]
         if not target.is_file():
             raise UnknownJob(f"job {job_id} has no report file {path}")
         return FileResponse(target)
-
-    @app.delete("/api/jobs/{job_id}")
-    def delete(job_id: str):
-        """Cancel a queued or running job; remove a finished one with its files."""
-        state = store.cancel(job_id)
-        if state == "running":
-            worker.restart()
-            say(f"job {job_id} cancelled; worker restarted")
-            return {"id": job_id, "state": "cancelled"}
-        if state == "queued":
-            return {"id": job_id, "state": "cancelled"}
-        store.delete(job_id)
-        return {"id": job_id, "state": "deleted"}
-
-    @app.get("/", include_in_schema=False)
-    def page():
-        return FileResponse(STATIC / "index.html")
-
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    return app
 
 
 def _receive(upload, store: JobStore, limit: int) -> Path:
