@@ -174,6 +174,21 @@ def test_erosion_and_skip_dissection_equal_official_live(tmp_path):
     _assert_close(got, official)
 
 
+@pytest.mark.slow
+def test_run_models_stops_at_the_licence(use_home, tmp_path, capsys):
+    """-rm runs the open models (random tiny weights here), then the licensed task 716 is refused in one line."""
+    ct = REF.parent / "example_ct_sm.nii.gz"
+    rc = _main(["-i", ct, "-rm", "-t", "basic", "-o", tmp_path / "r.nii.gz", "-j", tmp_path / "r.json",
+                "-l", tmp_path / "log.txt", "-tmp", tmp_path / "work"])
+    captured = capsys.readouterr()
+    assert rc == 1 and captured.err.strip().splitlines()[-1].startswith("ERROR: task aortic_dissection needs a licence")
+    assert "progress: 12, status: Running T716 TF lumen" in captured.out
+    models = tmp_path / "work" / "models"
+    assert (models / "brachiocephalic_trunk.nii.gz").exists() and (models / "heart.nii.gz").exists()
+    assert nib.load(models / "ct_cropped.nii.gz").header.get_zooms() == (1.5, 1.5, 1.5)
+    assert not (tmp_path / "r.json").exists()
+
+
 def _assert_close(got, want, where=""):
     if isinstance(want, dict):
         assert list(got) == list(want), where
