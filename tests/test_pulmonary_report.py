@@ -111,3 +111,16 @@ def test_equals_official_live(report, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     official = json.loads((tmp_path / "off" / "report.json").read_text())
     _assert_close(json.loads((report / "pulmonary_report.json").read_text()), official)
+
+
+@pytest.mark.slow
+def test_run_models_stops_at_the_licence(use_home, tmp_path, capsys):
+    """-rm runs the fast heart model (random tiny weights here); the licensed heartchambers_highres is refused."""
+    ct = REF.parent / "example_ct_sm.nii.gz"
+    rc = _main(["-i", ct, "-rm", "-t", "basic", "-o", tmp_path / "r.nii.gz", "-j", tmp_path / "r.json",
+                "-l", tmp_path / "log.txt", "-tmp", tmp_path / "work"])
+    captured = capsys.readouterr()
+    last = captured.err.strip().splitlines()[-1]
+    assert rc == 1 and last.startswith("ERROR: task heartchambers_highres needs a licence"), last
+    assert "progress: 10, status: Running TotalSegmentator - pulmonary_artery" in captured.out
+    assert (tmp_path / "work" / "models" / "ct_cropped.nii.gz").exists()
