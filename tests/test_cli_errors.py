@@ -108,7 +108,9 @@ def test_licensed_task_without_licence(tmp_path, use_home, capsys):
 
 
 def test_ml_output_needs_file_name(tmp_path, use_home, capsys):
-    out = tmp_path / "seg"
+    # A name without any suffix gets .nii as in the official tool (tests/test_dicom_output.py); another suffix
+    # is refused (the official tool's writer fails on it after the whole run).
+    out = tmp_path / "seg.txt"
     code, err = _run(["-i", str(REF / "example_ct_sm.nii.gz"), "-o", str(out), "--ml", "--fast"], capsys)
     _assert_clean_failure(code, err, out, ".nii.gz")
 
