@@ -38,8 +38,10 @@ def _parser() -> argparse.ArgumentParser:
         return Path(value).resolve()
 
     p.add_argument("-i", "--ct_path", type=path, required=True, help="CT image (NIfTI).")
-    p.add_argument("-rt", "--rois_totalseg", type=path, help="Folder of the TotalSegmentator masks (aorta, branches, T12).")
-    p.add_argument("-rd", "--rois_details", type=path, help="Folder of the detail masks (annulus, junction, lumens).")
+    p.add_argument("-rt", "--rois_totalseg", type=path,
+                   help="Folder of the TotalSegmentator masks (aorta, branches, T12).")
+    p.add_argument("-rd", "--rois_details", type=path,
+                   help="Folder of the detail masks (annulus, junction, lumens).")
     p.add_argument("-n", "--nodeinfo", type=path, help="Patient details (nodeinfo JSON), optional.")
     p.add_argument("-o", "--output_nifti", type=path, required=True, help="Report page(s) as RGB NIfTI.")
     p.add_argument("-j", "--output_json", type=path, required=True, help="Measurements as JSON.")
@@ -48,12 +50,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--cpr", type=path, help="Curved planar reformation overview (PNG).")
     p.add_argument("-ca", "--cpr_animated", type=path, help="Animated curved planar reformation (.nii.gz).")
     p.add_argument("-a", "--aorta_fn", default="aorta.nii.gz", help="File name of the aorta mask in -rt.")
-    p.add_argument("-an", "--annulus_fn", default="annulus_proper.nii.gz", help="File name of the annulus mask in -rd.")
+    p.add_argument("-an", "--annulus_fn", default="annulus_proper.nii.gz",
+                   help="File name of the annulus mask in -rd.")
     p.add_argument("-rm", "--run_models", action="store_true", help="Run the segmentation models first.")
     p.add_argument("-mp", "--models_parallel", action="store_true",
                    help="Official: run the models in parallel (here they run one after the other; same masks).")
-    p.add_argument("-t", "--test", default="None", help="'basic': resample the CT to 1.5 mm instead of 0.8 mm with -rm.")
-    p.add_argument("-e", "--erosion", action="store_true", help="Erode the aorta by one voxel (0.8 mm) before measuring.")
+    p.add_argument("-t", "--test", default="None",
+                   help="'basic': resample the CT to 1.5 mm instead of 0.8 mm with -rm.")
+    p.add_argument("-e", "--erosion", action="store_true",
+                   help="Erode the aorta by one voxel (0.8 mm) before measuring.")
     p.add_argument("-d", "--debug", action="store_true", help="Keep the work folder and intermediate files.")
     p.add_argument("-sd", "--skip_dissection", action="store_true", help="Do not use the true/false lumen masks.")
     p.add_argument("-r", "--save_runtime", action="store_true", help="Add the runtime to META/runtime.json beside -n.")
@@ -100,7 +105,7 @@ def _segment_first(args, models: Path, log) -> Path:
     if (models / "aorta.nii.gz").exists():
         log("  Skipping TotalSeg aorta fast (already exists)")
     else:
-        segment(args.ct_path, models, dict(task="total", roi_subset=["aorta", "heart"], fast=True), "aorta fast")
+        segment(args.ct_path, models, dict(task="total", roi_subset=["aorta", "heart"], fast=True))
         require(models, ["aorta.nii.gz", "heart.nii.gz"], "TotalSegmentator aorta fast")
     ct = crop_and_resample(args.ct_path, models, ["aorta.nii.gz", "heart.nii.gz"],
                            1.5 if args.test == "basic" else 0.8, log)
@@ -188,9 +193,9 @@ def _pictures(args, result: dict, context: dict, rt: Path, work: Path, meta: dic
         log("Calculating CPR...")
         cpr = aorta_pictures.straightened(context, fast=args.debug)
         if args.cpr is not None:
-            aorta_pictures.write_cpr_png(cpr, context, result, meta, args.cpr)
+            aorta_pictures.write_cpr_png(cpr, meta, args.cpr)
         if args.cpr_animated is not None:
-            save_nifti(aorta_pictures.cpr_animation(cpr, context, meta), args.cpr_animated)
+            save_nifti(aorta_pictures.cpr_animation(cpr, meta), args.cpr_animated)
     _progress(85, "Generating report images")
     vessels = aorta.vessel_union(rt, context["grid"], work)
     pages = aorta_pictures.report_pages(result, context, vessels, meta, work)

@@ -45,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="Official: run the models in parallel (here they run one after the other; same masks).")
     p.add_argument("--host", choices=("local", "modal"), default="local",
                    help="Where the models run: local (modal, the official cloud option, is not supported).")
-    p.add_argument("-t", "--test", default="None", help="'basic': resample the CT to 1.5 mm instead of 0.8 mm with -rm.")
+    p.add_argument("-t", "--test", default="None",
+                   help="'basic': resample the CT to 1.5 mm instead of 0.8 mm with -rm.")
     p.add_argument("-d", "--debug", action="store_true", help="Keep the work folder and intermediate files.")
     p.add_argument("-r", "--save_runtime", action="store_true", help="Add the runtime to META/runtime.json beside -n.")
     p.add_argument("--version", action="version", version=VERSION)
@@ -109,7 +110,7 @@ def _segment_first(args, models: Path, log) -> Path:
     if (models / "heart.nii.gz").exists():
         log("  Skipping TotalSeg pulmonary fast (already exists)")
     else:
-        segment(args.ct_path, models, dict(task="total", roi_subset=["heart"], fast=True), "pulmonary fast")
+        segment(args.ct_path, models, dict(task="total", roi_subset=["heart"], fast=True))
         require(models, ["heart.nii.gz"], "TotalSegmentator pulmonary fast")
     ct = crop_and_resample(args.ct_path, models, ["heart.nii.gz"], 1.5 if args.test == "basic" else 0.8, log)
     run_models(ct, models, MODEL_RUNS, log)

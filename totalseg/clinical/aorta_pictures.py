@@ -214,7 +214,7 @@ def _cpr_figure(cpr: dict, meta: dict, row: int | None = None):
     return fig
 
 
-def write_cpr_png(cpr: dict, context: dict, result: dict, meta: dict, path: Path) -> None:
+def write_cpr_png(cpr: dict, meta: dict, path: Path) -> None:
     """The CPR overview as PNG (written atomically)."""
     import matplotlib.pyplot as plt
 
@@ -225,7 +225,7 @@ def write_cpr_png(cpr: dict, context: dict, result: dict, meta: dict, path: Path
     plt.close(fig)
 
 
-def cpr_animation(cpr: dict, context: dict, meta: dict, frames: int = 48):
+def cpr_animation(cpr: dict, meta: dict, frames: int = 48):
     """The CPR overview as an RGB NIfTI of ``frames`` pages, an orange line moving down the aorta."""
     import matplotlib.pyplot as plt
 

@@ -52,6 +52,26 @@ def _surface(mask: np.ndarray, spacing, smoothing: int):
     return smooth.GetOutput()
 
 
+def _scene(layers: Sequence[tuple], spacing, smoothing: int):
+    """A renderer holding one surface actor per non-empty layer (mask, rgb, opacity[, smoothing])."""
+    _, _, _, rendering, _, _ = _vtk()
+    renderer = rendering.vtkRenderer()
+    renderer.SetBackground(0, 0, 0)
+    for layer in layers:
+        poly = _surface(layer[0], spacing, layer[3] if len(layer) > 3 else smoothing)
+        if poly is None:
+            continue
+        mapper = rendering.vtkPolyDataMapper()
+        mapper.SetInputData(poly)
+        mapper.ScalarVisibilityOff()
+        actor = rendering.vtkActor()
+        actor.SetMapper(mapper)
+        actor.GetProperty().SetColor(*layer[1])
+        actor.GetProperty().SetOpacity(layer[2])
+        renderer.AddActor(actor)
+    return renderer
+
+
 def rotating_views(layers: Sequence[tuple], spacing, size=(400, 520), frames: int = 24,
                    step_deg: float = 18.0, smoothing: int = 30, stride: int = 2) -> list[np.ndarray]:
     """``frames`` RGB pictures (rows x columns x 3) of ``layers`` = (mask, rgb 0..1, opacity[, smoothing]),
@@ -61,27 +81,13 @@ def rotating_views(layers: Sequence[tuple], spacing, size=(400, 520), frames: in
     spacing = [float(s) * stride for s in spacing]
     layers = [(ndimage.maximum_filter(layer[0] > 0, size=stride)[::stride, ::stride, ::stride], *layer[1:])
               for layer in layers]
-    renderer = rendering.vtkRenderer()
-    renderer.SetBackground(0, 0, 0)
-    for layer in layers:
-        mask, colour, opacity = layer[:3]
-        poly = _surface(mask, spacing, layer[3] if len(layer) > 3 else smoothing)
-        if poly is None:
-            continue
-        mapper = rendering.vtkPolyDataMapper()
-        mapper.SetInputData(poly)
-        mapper.ScalarVisibilityOff()
-        actor = rendering.vtkActor()
-        actor.SetMapper(mapper)
-        actor.GetProperty().SetColor(*colour)
-        actor.GetProperty().SetOpacity(opacity)
-        renderer.AddActor(actor)
+    renderer = _scene(layers, spacing, smoothing)
     window = rendering.vtkRenderWindow()
     window.SetOffScreenRendering(1)
     window.SetSize(*size)
     window.AddRenderer(renderer)
     camera = renderer.GetActiveCamera()
-    center = [float(s) * n / 2 for s, n in zip(spacing, layers[0][0].shape)]
+    center = [s * n / 2 for s, n in zip(spacing, layers[0][0].shape)]
     camera.SetFocalPoint(*center)
     camera.SetPosition(center[0] - 1000, center[1], center[2])  # RAS grid: from the patient's left
     camera.SetViewUp(0, 0, 1)

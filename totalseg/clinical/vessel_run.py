@@ -83,7 +83,7 @@ def clean_up(folder: Path, delete_folder: bool, delete_pictures: bool) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def segment(ct: Path, out: Path, options: dict, status: str) -> None:
+def segment(ct: Path, out: Path, options: dict) -> None:
     """One segmentation run into the mask folder ``out`` (as ``TotalSegmentator -ns 1 ...``)."""
     from totalseg import totalsegmentator
 
@@ -111,7 +111,7 @@ def run_models(ct: Path, folder: Path, runs, log: Log) -> None:
     for k, (status, _, outputs, options) in enumerate(runs):
         print(f"progress: {10 + 2 * k}, status: {status}", flush=True)
         if status in pending:
-            segment(ct, folder, options, status)
+            segment(ct, folder, options)
             require(folder, outputs, status)
     print(f"Models done (took: {time.time() - started:.2f}s)")
     print(f"progress: {10 + 2 * len(runs)}, status: Models done", flush=True)
