@@ -1,5 +1,6 @@
 """totalseg_setup_manually, crop_to_body and totalseg_get_body_stats: real data, and the official 2.18.0
-functions and commands run live in their venv where it exists (those parts skip otherwise)."""
+functions and commands run live in their venv (made or reused as in test_official_live.py; those parts skip
+where it cannot be made)."""
 from __future__ import annotations
 
 import io
@@ -17,9 +18,9 @@ import numpy as np
 import pytest
 
 from conftest import REF, _copy_home
+# The official 2.18.0 venv, made or reused as for the live segmentation test (skips without a registry).
+from test_official_live import official_tool  # noqa: F401
 
-OFFICIAL_VENV = Path(os.environ.get("TOTALSEG_OFFICIAL_VENV")
-                     or Path.home() / ".cache" / "totalseg" / "official-2.18.0-torch2.13.0-py3.11")
 CT = REF / "example_ct_sm.nii.gz"
 LPS_CT = REF / "pulmonary_report" / "models" / "ct_cropped.nii.gz"  # 1.5 mm, LPS
 LICENCE = "aca_ABCDEFGHIJ1234"
@@ -32,11 +33,9 @@ def _official_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _official_python(code: str, cwd: Path, timeout: int = 300, **env: str) -> str:
-    """Run ``code`` with the official package's Python; skip where that venv does not exist."""
-    python = OFFICIAL_VENV / "bin" / "python"
-    if not python.is_file():
-        pytest.skip(f"the official TotalSegmentator venv is not at {OFFICIAL_VENV}")
+def _official_python(tool: Path, code: str, cwd: Path, timeout: int = 300, **env: str) -> str:
+    """Run ``code`` with the Python of the official tool's venv."""
+    python = tool.parent / "python"
     # Run outside the checkout: its totalsegmentator compatibility package would shadow the official one.
     proc = subprocess.run([str(python), "-c", textwrap.dedent(code)], capture_output=True, text=True, cwd=cwd,
                           env=_official_env(**env), timeout=timeout)
@@ -44,11 +43,8 @@ def _official_python(code: str, cwd: Path, timeout: int = 300, **env: str) -> st
     return proc.stdout
 
 
-def _official_command(name: str, args: list[str], home: Path, cwd: Path, timeout: int = 900):
-    tool = OFFICIAL_VENV / "bin" / name
-    if not tool.is_file():
-        pytest.skip(f"the official {name} is not in {OFFICIAL_VENV}")
-    return subprocess.run([str(tool), *args], capture_output=True, text=True, cwd=cwd, timeout=timeout,
+def _official_command(tool: Path, name: str, args: list[str], home: Path, cwd: Path, timeout: int = 900):
+    return subprocess.run([str(tool.parent / name), *args], capture_output=True, text=True, cwd=cwd, timeout=timeout,
                           env=_official_env(TOTALSEG_HOME_DIR=str(home)))
 
 
@@ -68,6 +64,63 @@ def home(tmp_path, monkeypatch) -> Path:
     return h
 
 
+# --------------------------------------------------- the official functions, run once in their venv
+SLICE_CASES = {"whole": np.s_[:, :, :], "cut": np.s_[25:97, :, :]}  # cut: the fat touches the image border
+
+
+def _lobe_stats() -> dict:
+    stats = json.loads((REF / "example_seg_fast" / "statistics.json").read_text())
+    stats["lung_upper_lobe_right"] = {"volume": 1000.0, "intensity": -850.0}  # two filled right lobes
+    return stats
+
+
+def _slice_inputs(folder: Path) -> None:
+    """Real CT, the real total and tissue segmentations, and a trunk (CT above -500 HU, a stand-in for the
+    body model), whole and cut to x 25..96, as labelled NIfTI files the official function reads."""
+    from totalseg.registry import get_task
+    from totalseg.write.nifti import save_multilabel
+
+    ct = nib.load(CT)
+    arrays = {"ct": ct.get_fdata(), "seg": _labels(REF / "example_seg_fast.nii.gz"), "tissue": _tissue_labels()}
+    arrays["body"] = (arrays["ct"] > -500).astype(np.uint8)
+    for case, box in SLICE_CASES.items():
+        nib.save(nib.Nifti1Image(arrays["ct"][box].astype(np.int16), ct.affine), folder / f"{case}_ct.nii.gz")
+        for key, task in {"seg": "total", "tissue": "tissue_types", "body": "body"}.items():
+            save_multilabel(arrays[key][box], ct.affine, ct.header, get_task(task).classes,
+                            folder / f"{case}_{key}.nii.gz")
+
+
+@pytest.fixture(scope="module")
+def official(official_tool, tmp_path_factory) -> dict:  # noqa: F811
+    """One run of the official 2.18.0 functions (one interpreter start): setup_totalseg's config.json,
+    crop_to_mask of the CT to the liver, the tissue slices and the combined lungs."""
+    from totalseg.classify.body_stats import TISSUES, VERTEBRAE
+
+    d = tmp_path_factory.mktemp("official")
+    nib.save(nib.Nifti1Image(_liver_mask(), nib.load(CT).affine), d / "liver.nii.gz")
+    _slice_inputs(d)
+    out = _official_python(official_tool, f"""
+        import json, sys, nibabel as nib, numpy as np
+        sys.argv = ["x"]
+        from totalsegmentator.config import setup_totalseg
+        setup_totalseg("totalseg_AB12CD34")  # first: importing the rest must not have made a config already
+        from totalsegmentator.cropping import crop_to_mask
+        from totalsegmentator.bin.totalseg_get_body_stats import combine_lung_lobes, get_tissue_types_slices
+        cropped, _ = crop_to_mask(nib.load("{CT}"), nib.load("{d}/liver.nii.gz"), addon=[3, 3, 3], dtype=np.int32)
+        nib.save(cropped, "{d}/cropped.nii.gz")
+        slices = {{}}
+        for case in {list(SLICE_CASES)}:
+            img = lambda key: nib.load(f"{d}/{{case}}_{{key}}.nii.gz")
+            s = get_tissue_types_slices(img("ct"), img("seg"), img("tissue"), img("body"), {list(VERTEBRAE)},
+                                        {list(TISSUES)})
+            slices[case] = {{k: [float(v["volume"]), float(v["intensity"])] for k, v in s.items()}}
+        lungs = combine_lung_lobes(json.loads({json.dumps(json.dumps(_lobe_stats()))}))
+        lungs = {{k: lungs[k] for k in ("lung_left", "lung_right")}}
+        print("RESULT" + json.dumps({{"slices": slices, "lungs": lungs}}))
+    """, d, TOTALSEG_HOME_DIR=str(d / "home"))
+    return {"dir": d, **json.loads(out.split("RESULT", 1)[1])}
+
+
 # ------------------------------------------------------------------------------------------- --help
 @pytest.mark.parametrize("command", COMMANDS)
 def test_help_does_not_import_torch(command):
@@ -81,16 +134,11 @@ def test_help_does_not_import_torch(command):
 
 
 # ----------------------------------------------------------------------------- totalseg_setup_manually
-def test_setup_manually_writes_what_the_official_writes(home, tmp_path, capsys):
+def test_setup_manually_writes_what_the_official_writes(official, home, capsys):
     from totalseg.cli.setup_manually import main
 
     assert main(["-id", "totalseg_AB12CD34"]) == 0
-    ours = (home / "config.json").read_bytes()
-    official_home = tmp_path / "official_home"
-    proc = _official_command("totalseg_setup_manually", ["-id", "totalseg_AB12CD34"], official_home, tmp_path,
-                             timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert ours == (official_home / "config.json").read_bytes()
+    assert (home / "config.json").read_bytes() == (official["dir"] / "home" / "config.json").read_bytes()
 
 
 def test_setup_manually_keeps_an_existing_id_and_other_keys(home, capsys):
@@ -139,38 +187,56 @@ def test_crop_holds_the_mask_with_the_margin_and_moves_the_affine(image_path):
     assert np.allclose(out.affine[:3, 3], nib.affines.apply_affine(image.affine, lo))
 
 
-def test_crop_equals_the_official_crop_to_mask(tmp_path):
+def test_crop_equals_the_official_crop_to_mask(official):
     from totalseg.cli.crop_to_body import crop_image
 
-    mask = _liver_mask()  # touches the image border on some sides: the margin is clipped there
-    nib.save(nib.Nifti1Image(mask, nib.load(CT).affine), tmp_path / "mask.nii.gz")
-    ours = crop_image(nib.load(CT), mask)
-    _official_python(f"""
-        import nibabel as nib, numpy as np
-        from totalsegmentator.cropping import crop_to_mask
-        out, _ = crop_to_mask(nib.load("{CT}"), nib.load("{tmp_path / 'mask.nii.gz'}"), addon=[3, 3, 3],
-                              dtype=np.int32)
-        nib.save(out, "{tmp_path / 'official.nii.gz'}")
-    """, tmp_path)
-    theirs = nib.load(tmp_path / "official.nii.gz")
+    ours = crop_image(nib.load(CT), _liver_mask())  # the liver touches the image border: margins clipped there
+    theirs = nib.load(official["dir"] / "cropped.nii.gz")
     assert ours.shape == theirs.shape and ours.shape != nib.load(CT).shape
     assert np.array_equal(ours.affine, theirs.affine)
     assert np.array_equal(np.asanyarray(ours.dataobj), np.asanyarray(theirs.dataobj))
 
 
-def test_crop_to_body_equals_the_official_command(tmp_path, monkeypatch, capsys):
-    """Random-weights home, trunk only, LPS 1.5 mm CT: the random body model's trunk does not fill it."""
+@pytest.fixture(scope="module")
+def our_crop(tmp_path_factory) -> Path:
+    """Our crop_to_body -t on the LPS 1.5 mm CT with the random-weights home (whose trunk does not fill it)."""
+    from totalseg import totalsegmentator
     from totalseg.cli.crop_to_body import main
 
-    ours_home, official_home = _copy_home(tmp_path / "ours_home"), _copy_home(tmp_path / "official_home")
-    args = ["-i", str(LPS_CT), "-t", "-d", "cpu", "-q"]
-    proc = _official_command("crop_to_body", args + ["-o", str(tmp_path / "official.nii.gz")], official_home,
-                             tmp_path)
+    d = tmp_path_factory.mktemp("crop")
+    home = _copy_home(d / "home")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TOTALSEG_HOME_DIR", str(home))
+    try:
+        assert main(["-i", str(LPS_CT), "-t", "-d", "cpu", "-q", "-o", str(d / "ours.nii.gz")]) == 0
+        trunk = totalsegmentator(LPS_CT, None, task="body", fast=True, ml=True, quiet=True, device="cpu")
+    finally:
+        mp.undo()
+    nib.save(trunk, d / "body.nii.gz")
+    return d
+
+
+def test_crop_to_body_holds_the_trunk_with_a_3mm_margin(our_crop):
+    image, out = nib.load(LPS_CT), nib.load(our_crop / "ours.nii.gz")
+    trunk = _labels(our_crop / "body.nii.gz") == 1
+    hits = [np.flatnonzero(trunk.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    lo = np.array([max(h[0] - 2, 0) for h in hits])  # 3 mm at 1.5 mm = 2 voxels, clipped at the image edge
+    hi = np.array([min(h[-1] + 3, n) for h, n in zip(hits, image.shape)])
+    assert tuple(hi - lo) == out.shape != image.shape
+    assert out.get_data_dtype() == np.int32
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    assert np.array_equal(np.asanyarray(out.dataobj), np.asanyarray(image.dataobj)[box])
+    assert np.allclose(out.affine[:3, 3], nib.affines.apply_affine(image.affine, lo))
+    assert np.allclose(out.affine[:3, :3], image.affine[:3, :3])
+
+
+def test_crop_to_body_equals_the_official_command(official_tool, our_crop, tmp_path):  # noqa: F811
+    official_home = _copy_home(tmp_path / "official_home")
+    args = ["-i", str(LPS_CT), "-t", "-d", "cpu", "-q", "-o", str(tmp_path / "official.nii.gz")]
+    proc = _official_command(official_tool, "crop_to_body", args, official_home, tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    monkeypatch.setenv("TOTALSEG_HOME_DIR", str(ours_home))
-    assert main(args + ["-o", str(tmp_path / "ours.nii.gz")]) == 0
-    ours, theirs = nib.load(tmp_path / "ours.nii.gz"), nib.load(tmp_path / "official.nii.gz")
-    assert ours.shape == theirs.shape and ours.shape != nib.load(LPS_CT).shape
+    ours, theirs = nib.load(our_crop / "ours.nii.gz"), nib.load(tmp_path / "official.nii.gz")
+    assert ours.shape == theirs.shape
     assert ours.header.binaryblock == theirs.header.binaryblock  # dtype, dims, qform/sform, everything
     assert np.array_equal(ours.affine, theirs.affine)
     assert np.array_equal(np.asanyarray(ours.dataobj), np.asanyarray(theirs.dataobj))
@@ -185,8 +251,9 @@ def test_crop_to_body_refuses_a_missing_input(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------ totalseg_get_body_stats
-def _labels(path: Path) -> np.ndarray:
-    return np.asanyarray(nib.load(path).dataobj)
+def _labels(image) -> np.ndarray:
+    image = nib.load(image) if isinstance(image, (str, Path)) else image
+    return np.asanyarray(image.dataobj)
 
 
 def _tissue_labels() -> np.ndarray:
@@ -197,63 +264,27 @@ def _tissue_labels() -> np.ndarray:
     return out
 
 
-def test_tissue_slices_equal_the_official_function(tmp_path):
-    """Real CT, the real total and tissue segmentations; the trunk is the CT above -500 HU (a stand-in for
-    the body model). Once whole, once cut to x 25..96, where the subcutaneous fat touches the image border."""
-    from totalseg.classify.body_stats import VERTEBRAE, tissue_slices
+def test_tissue_slices_equal_the_official_function(official):
+    from totalseg.classify.body_stats import tissue_slices
     from totalseg.registry import get_task
-    from totalseg.write.nifti import save_multilabel
 
-    ct = nib.load(CT)
-    arrays = {"ct": ct.get_fdata(), "seg": _labels(REF / "example_seg_fast.nii.gz"), "tissue": _tissue_labels()}
-    arrays["body"] = (arrays["ct"] > -500).astype(np.uint8)
-    tasks = {"seg": "total", "tissue": "tissue_types", "body": "body"}
-    cases = {"whole": np.s_[:, :, :], "cut": np.s_[25:97, :, :]}
-    for case, box in cases.items():
-        nib.save(nib.Nifti1Image(arrays["ct"][box].astype(np.int16), ct.affine), tmp_path / f"{case}_ct.nii.gz")
-        for key, task in tasks.items():
-            save_multilabel(arrays[key][box], ct.affine, ct.header, get_task(task).classes,
-                            tmp_path / f"{case}_{key}.nii.gz")
-    out = _official_python(f"""
-        import json, sys, nibabel as nib
-        sys.argv = ["x"]
-        from totalsegmentator.bin.totalseg_get_body_stats import get_tissue_types_slices
-        vert = {list(VERTEBRAE)}
-        res = {{}}
-        for case in {list(cases)}:
-            img = lambda key: nib.load(f"{tmp_path}/{{case}}_{{key}}.nii.gz")
-            s = get_tissue_types_slices(img("ct"), img("seg"), img("tissue"), img("body"), vert,
-                                        ["subcutaneous_fat", "torso_fat", "skeletal_muscle"])
-            res[case] = {{k: [float(v["volume"]), float(v["intensity"])] for k, v in s.items()}}
-        print("RESULT" + json.dumps(res))
-    """, tmp_path)
-    official = json.loads(out.split("RESULT", 1)[1])
     ids = lambda task: {n: i for i, n in get_task(task).classes.items()}  # noqa: E731
-    for case in cases:
-        img = lambda key: nib.load(tmp_path / f"{case}_{key}.nii.gz")  # noqa: E731
-        ours = tissue_slices(img("ct").get_fdata(), img("ct").header.get_zooms(), _labels(tmp_path / f"{case}_seg.nii.gz"),
-                             ids("total"), _labels(tmp_path / f"{case}_tissue.nii.gz"), ids("tissue_types"),
-                             _labels(tmp_path / f"{case}_body.nii.gz") == 1)
-        assert {k: [float(v["volume"]), float(v["intensity"])] for k, v in ours.items()} == official[case]
-    filled = [k for k, v in official["whole"].items() if v[0] > 0]
+    for case in SLICE_CASES:
+        img = lambda key: nib.load(official["dir"] / f"{case}_{key}.nii.gz")  # noqa: E731
+        ours = tissue_slices(img("ct").get_fdata(), img("ct").header.get_zooms(), _labels(img("seg")), ids("total"),
+                             _labels(img("tissue")), ids("tissue_types"), _labels(img("body")) == 1)
+        assert {k: [float(v["volume"]), float(v["intensity"])] for k, v in ours.items()} == official["slices"][case]
+    whole, cut = official["slices"]["whole"], official["slices"]["cut"]
+    filled = [k for k, v in whole.items() if v[0] > 0]
     assert len(filled) >= 6  # T11-L2 are in view: the comparison is not between zeros
-    assert any(official["cut"][k][0] == 0 for k in filled)  # the border rule was exercised
+    assert any(cut[k][0] == 0 for k in filled)  # the border rule was exercised
 
 
-def test_lung_lobes_combine_as_the_official(tmp_path):
+def test_lung_lobes_combine_as_the_official(official):
     from totalseg.classify.body_stats import combine_lung_lobes
 
-    stats = json.loads((REF / "example_seg_fast" / "statistics.json").read_text())
-    stats["lung_upper_lobe_right"] = {"volume": 1000.0, "intensity": -850.0}  # the right lung needs 2 filled lobes
-    out = _official_python(f"""
-        import json, sys
-        sys.argv = ["x"]
-        from totalsegmentator.bin.totalseg_get_body_stats import combine_lung_lobes
-        s = combine_lung_lobes(json.loads({json.dumps(json.dumps(stats))}))
-        print("RESULT" + json.dumps({{k: s[k] for k in ("lung_left", "lung_right")}}))
-    """, tmp_path)
-    ours = combine_lung_lobes(stats)
-    assert {k: ours[k] for k in ("lung_left", "lung_right")} == json.loads(out.split("RESULT", 1)[1])
+    ours = combine_lung_lobes(_lobe_stats())
+    assert {k: ours[k] for k in ("lung_left", "lung_right")} == official["lungs"]
     assert ours["lung_left"]["volume"] > 0 and ours["lung_right"]["volume"] > 1000.0
 
 
@@ -344,7 +375,8 @@ def test_body_stats_refusals_are_one_line(home, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_body_stats_equal_the_official_command(made_models, tmp_path, monkeypatch, capsys):
+def test_body_stats_equal_the_official_command(official_tool, made_models, tmp_path, monkeypatch,  # noqa: F811
+                                               capsys):
     """The whole xgboost path (four models on the random-weights home, features, ensembles) against the
     official command with the same home and the same (self-made) model files: identical JSON."""
     from totalseg.cli.get_body_stats import main
@@ -356,8 +388,8 @@ def test_body_stats_equal_the_official_command(made_models, tmp_path, monkeypatc
         (homes[who] / "config.json").write_text(json.dumps({**cfg, "license_number": LICENCE}))
         shutil.copytree(made_models, homes[who] / "nnunet" / "results" / "body_stats_models_2026_03_24")
     args = ["-i", str(CT), "-m", "ct", "-mt", "xgboost", "-d", "cpu", "-q"]
-    proc = _official_command("totalseg_get_body_stats", args + ["-o", str(tmp_path / "official.json")],
-                             homes["official"], tmp_path, timeout=3000)
+    proc = _official_command(official_tool, "totalseg_get_body_stats",
+                             args + ["-o", str(tmp_path / "official.json")], homes["official"], tmp_path, timeout=3000)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     monkeypatch.setenv("TOTALSEG_HOME_DIR", str(homes["ours"]))
     assert main(args + ["-o", str(tmp_path / "ours.json")]) == 0
