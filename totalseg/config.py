@@ -46,5 +46,5 @@ def require_license(task: str) -> None:
     """Licensed tasks need a licence number of the right form in config.json (checked offline)."""
     key = read_config().get("license_number")
     if not key or len(key) != 18:
-        raise LicenseError(f"task {task} needs a licence: run `totalseg_set_license -l <key>` or pass "
-                           f"-l <key>; an academic licence is free at {ACADEMIC_LICENSE_URL}")
+        raise LicenseError(f"task {task} needs a licence: store it with `totalseg_set_license -l <key>` (or give "
+                           f"it to TotalSegmentator with -l); an academic licence is free at {ACADEMIC_LICENSE_URL}")
