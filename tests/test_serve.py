@@ -322,12 +322,19 @@ def test_worker_killed_mid_job_runs_it_again_once(service, client, tiny):
 
 def test_dicom_zip_to_dicom_seg_without_patient_data_in_logs(service, client, tmp_path):
     import pydicom
+    from pydicom.uid import ExplicitVRLittleEndian
 
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
         for f in sorted(DICOM.iterdir()):
             ds = pydicom.dcmread(f)
             ds.PatientName, ds.PatientID = "Doe^Jane", "PID4711"
+            pixels = ds.pixel_array[::4, ::4].copy()  # 128 x 128: a quick job
+            ds.Rows, ds.Columns = pixels.shape
+            ds.PixelSpacing = [float(v) * 4 for v in ds.PixelSpacing]
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds.PixelData = pixels.tobytes()
+            ds["PixelData"].VR = "OW"
             out = io.BytesIO()
             ds.save_as(out)
             z.writestr(f"series/{f.name}", out.getvalue())
@@ -337,7 +344,7 @@ def test_dicom_zip_to_dicom_seg_without_patient_data_in_logs(service, client, tm
     assert job["state"] == "done", job["error"]
     [name] = [n for n in job["files"] if n.endswith(".dcm")]
     seg = pydicom.dcmread(io.BytesIO(client.get(f"/api/jobs/{job['id']}/files/{name}").content))
-    assert seg.Modality == "SEG" and str(seg.PatientName) == "Doe^Jane"
+    assert seg.Modality == "SEG" and str(seg.PatientName) == "Doe^Jane" and seg.Rows == 128
     logs = [service.log, service.data / "worker.log", service.data / "jobs" / job["id"] / "log.txt"]
     for log in logs:
         text = log.read_text()
