@@ -46,7 +46,11 @@ def ray_segment(address: str, device: str) -> Callable:
         report = options.pop("report", None)
         command = [_batch_command(), "-i", str(input), "-o", str(work),
                    *batch_flags(options), "-d", device, *ray, "-q"]
-        done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
+        from totalseg.serve.worker import die_with_parent
+
+        # killed with the worker (a cancelled job): no orphan driver goes on writing into the job's folder
+        done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy(),
+                              preexec_fn=die_with_parent)
         if done.returncode != 0:
             lines = [line for line in done.stderr.splitlines() if line.strip()]
             raise UserError((lines[-1] if lines else "totalseg_batch --ray failed").removeprefix("ERROR: "))

@@ -176,7 +176,7 @@ def serve_forever(store: JobStore, segment: Callable, idle: float = 0.2) -> None
             run_job(store, segment, job)
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Linux: this process gets SIGKILL when the service dies, so no orphan runs a job twice."""
     try:
         import ctypes
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--ray", default=None)
     args = p.parse_args(argv)
-    _die_with_parent()
+    die_with_parent()
     store = JobStore(args.data)
     if args.ray:
         from totalseg.serve.ray_jobs import ray_segment
