@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("DICOM node (C-STORE in, C-STORE of the results out)")
     g.add_argument("--dicom-port", type=int, default=None, metavar="N", help="start a DICOM node on port N")
     g.add_argument("--dicom-aet", default="TOTALSEG", metavar="AET", help="the node's AE title (default TOTALSEG)")
+    g.add_argument("--dicom-host", default=None, metavar="H",
+                   help="address the DICOM node listens on (default: --host; 0.0.0.0 for a PACS on another machine)")
     g.add_argument("--dicom-dest", default=None, metavar="AET@HOST:PORT", help="where the results are sent")
     g.add_argument("--dicom-options", default='{"output_type": ["dicom_seg"]}', metavar="JSON",
                    help="options of the jobs from the node (default {\"output_type\": [\"dicom_seg\"]})")
@@ -86,7 +88,8 @@ def dicom_settings(args) -> dict | None:
         raise UserError("--dicom-options must be a JSON object, e.g. '{\"fast\": true}'")
     check_options(options)
     return {"port": args.dicom_port, "aet": args.dicom_aet, "dest": args.dicom_dest, "options": options,
-            "quiet_seconds": args.dicom_quiet_seconds, "allowed_aets": args.dicom_allowed_aets}
+            "quiet_seconds": args.dicom_quiet_seconds, "allowed_aets": args.dicom_allowed_aets,
+            "host": args.host if args.dicom_host is None else args.dicom_host}
 
 
 def _run(args) -> int:
