@@ -150,8 +150,7 @@ def _refused(args: list[str], tmp_path: Path, capsys, fragment: str) -> None:
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["-sp", "{tmp}/probs.npz"], "--save_probabilities is not supported"),
-    (["-ho"], "--higher_order_resampling is not supported"),
+    (["-sp", "{tmp}"], "--save_probabilities takes a file path"),
     (["--high_order_resampling_LEGACY", "-v1o", "-rs", "liver", "-q"], "with --v1_order and --roi_subset"),
     (["--test", "1"], "--test is internal to the official test suite"),
     (["-t", "project1"], "--nora_tag calls a local NORA installation"),

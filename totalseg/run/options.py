@@ -215,15 +215,13 @@ OPTIONS: tuple[Option, ...] = (
          False, "upsample the labels one-hot with order 1 (smoother masks) instead of nearest-neighbour", "predict",
          "every output", cli={"action": "store_true"}),
     _Opt("higher_order_resampling", ("-ho", "--higher_order_resampling", "--high_order_resampling"), False,
-         "official: nnU-Net's cropped-logits resampling; refused here (not supported)", "predict",
-         cli={"action": "store_true"},
-         refused="--higher_order_resampling is not supported by totalseg (nnU-Net's own resampling with "
-                 "cropped-logits export); run without it (nearest-neighbour upsampling, the official default) or "
-                 "with --higher_order_resampling_LEGACY for smoother masks"),
+         "nnU-Net resamples the image to the model's spacing (order 3) and its logits back (order 1, then argmax) "
+         "instead of TotalSegmentator's resampling; drops -sl", "predict", "every output",
+         cli={"action": "store_true"}),
     _Opt("save_probabilities", ("-sp", "--save_probabilities"), None,
-         "official: nnU-Net's probabilities; refused here", "predict", cli={"type": Path},
-         refused="--save_probabilities is not supported by totalseg: it copies nnU-Net's softmax arrays "
-                 "(s01.npz/.pkl), which this engine never keeps; run without it (the labels are in the output)"),
+         "save nnU-Net's probabilities (npz, array 'probabilities', model grid, z y x) to this path and its "
+         "properties beside it (.pkl); without a path (a cohort): probabilities.npz beside the outputs", "predict",
+         "the npz and pkl files of -sp", cli={"nargs": "?", "const": True, "metavar": "PATH"}),
     _Opt("debug", ("--debug",), False, "on an unexpected error, print the input path and task", "run", cohort=False,
          cli={"action": "store_true"}),
     _Opt("report", ("-rp", "--report"), None,

@@ -20,6 +20,10 @@ from totalseg.write.statistics import compute_statistics, write_statistics
 def write_outputs(setup: RunSetup, image, result, ran_on: str, engine: str | None, started: float,
                   warned: list[str], say: Notice, tell: Notice):
     """Write every output of ``setup``; returns the label image (and the statistics when asked for)."""
+    if setup.probabilities is not None and result.probabilities is not None:
+        from totalseg.predict.probabilities import write_probabilities
+
+        write_probabilities(result.probabilities, setup.probabilities)
     stats = None
     if setup.statistics is not None:
         with timed(tell, "statistics"):

@@ -7,7 +7,7 @@ over :class:`~totalseg.volume.Volume` values.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -15,6 +15,7 @@ from totalseg.assemble import crop as cropping
 from totalseg.assemble import postprocess, split
 from totalseg.assemble.merge import label_lut, paste_part
 from totalseg.notice import timed
+from totalseg.predict.cropped_export import labeller_cropped_labels
 from totalseg.run.plan import REMOVE_OUTSIDE_MM, ModelStep, RunPlan
 from totalseg.prepare import resample
 from totalseg.prepare.orient import from_canonical, to_canonical
@@ -36,6 +37,7 @@ class Result:
     labels: np.ndarray  # uint8, input grid
     class_map: dict[int, str]  # the classes this run reports (-rs applied)
     lowres: Prediction | None = field(default=None)
+    probabilities: Any = None  # nnU-Net's probabilities of the main step's last model (predict.probabilities)
 
 
 Progress = Callable[[str], None]
@@ -53,11 +55,15 @@ def _quiet(_: str) -> None:
 
 
 def run_models(vol: Volume, step: ModelStep, labeller: Labeller, progress: Progress = _quiet,
-               blobs_mm3: float | None = None) -> np.ndarray:
+               blobs_mm3: float | None = None, probabilities: list | None = None,
+               cropped_logits: bool = False) -> np.ndarray:
     """Labels (task ids) of canonical ``vol`` from the models of ``step``; parts merged, large images split.
 
     ``blobs_mm3`` (``-rmb``): after the task's postprocessing, components of at most
-    this many mm³ go, for every class of the task."""
+    this many mm³ go, for every class of the task. ``probabilities``: a list that gets the nnU-Net
+    probabilities of the last model on the first chunk (the file the official tool copies: each part
+    overwrites it, and a split image's first third is its ``s01``). ``cropped_logits`` (``-ho``): where nnU-Net
+    resamples to the model's grid itself, labels come from its cropped-logits export."""
     task, data = step.task, vol.data
     ranges = (split.chunks(data.shape[2]) if split.needs_split(data.shape, step.multi_model, step.split_z)
               else [slice(0, data.shape[2])])
@@ -66,7 +72,13 @@ def run_models(vol: Volume, step: ModelStep, labeller: Labeller, progress: Progr
         chunk = data[:, :, z]
         combined = np.zeros(chunk.shape, dtype=np.uint8)
         for model in step.models:
-            part = labeller.model_labels(model, task.folds, chunk, vol.zooms, task.step, progress)
+            if probabilities is not None and model is step.models[-1] and z is ranges[0]:
+                part = _labels_keeping_probabilities(labeller, model, task, chunk, vol.affine, probabilities,
+                                                     progress)
+            elif cropped_logits:
+                part = labeller_cropped_labels(labeller, model, task.folds, chunk, vol.zooms, task.step, progress)
+            else:
+                part = labeller.model_labels(model, task.folds, chunk, vol.zooms, task.step, progress)
             if step.multi_model:
                 paste_part(combined, part, label_lut(model.classes, task.classes))
             else:
@@ -82,9 +94,21 @@ def run_models(vol: Volume, step: ModelStep, labeller: Labeller, progress: Progr
     return labels
 
 
+def _labels_keeping_probabilities(labeller: Labeller, model: Model, task: Task, chunk: np.ndarray, affine,
+                                  kept: list, progress: Progress) -> np.ndarray:
+    """The model's labels, from the same pass that gives its probabilities (appended to ``kept``)."""
+    from totalseg.predict.probabilities import labeller_probabilities
+
+    with timed(progress, f"predicted {model.folder} with probabilities"):
+        labels, probs = labeller_probabilities(labeller, model, task.folds, chunk, affine, task.step)
+    kept.append(probs)
+    return labels
+
+
 def predict(image: Volume, step: ModelStep, labeller: Labeller, progress: Progress = _quiet,
             blobs_mm3: float | None = None, one_hot: Sequence[int] | None = None,
-            resample_threads: int = 1) -> Prediction:
+            resample_threads: int = 1, probabilities: list | None = None,
+            cropped_logits: bool = False) -> Prediction:
     """Run ``step`` on ``image`` (any orientation) and return labels on its own grid.
 
     ``one_hot`` (the LEGACY higher-order resampling): upsample these labels one-hot with order 1 (other
@@ -97,7 +121,7 @@ def predict(image: Volume, step: ModelStep, labeller: Labeller, progress: Progre
     else:
         with timed(progress, f"resampled to {_mm(spacing)} mm"):
             small = resample.to_spacing(canon, spacing, step.image_order, threads=resample_threads)
-    labels = run_models(small, step, labeller, progress, blobs_mm3)
+    labels = run_models(small, step, labeller, progress, blobs_mm3, probabilities, cropped_logits)
     low = Volume(labels, small.affine)
     if spacing is None:
         back = low
@@ -151,7 +175,7 @@ def _usable_zooms(header_zooms, zooms: np.ndarray) -> np.ndarray:
 
 def segment(image: Volume, plan: RunPlan, labeller: Labeller, progress: Progress = _quiet,
             blobs_mm3: float | None = None, one_hot: bool = False, header_zooms=None,
-            resample_threads: int = 1) -> Result:
+            resample_threads: int = 1, probabilities: bool = False, cropped_logits: bool = False) -> Result:
     """Carry out ``plan`` on ``image``; labels come back on the image's own grid.
 
     ``blobs_mm3`` (``-rmb``) and ``one_hot`` (the LEGACY higher-order resampling: the
@@ -159,7 +183,10 @@ def segment(image: Volume, plan: RunPlan, labeller: Labeller, progress: Progress
     ``header_zooms``: the input header's pixdim (default: ``image.zooms``); the official tool sizes the
     vertebrae refinement and remove_outside on the input grid with them, everything else with the affine's
     column lengths -- the two differ when a header's pixdim disagree with its sform (e.g. a sheared one).
-    ``resample_threads``: threads for resampling (the labels do not depend on it)."""
+    ``resample_threads``: threads for resampling (the labels do not depend on it).
+    ``probabilities``: keep nnU-Net's probabilities of the main step (``Result.probabilities``).
+    ``cropped_logits``: the main step's and the refinement's models export with cropped-logits resampling
+    where nnU-Net resamples itself (as the official tool passes it to those two)."""
     header_zooms = _usable_zooms(header_zooms, image.zooms)
     box, keep_mask = None, None
     if plan.crop is not None:
@@ -167,15 +194,18 @@ def segment(image: Volume, plan: RunPlan, labeller: Labeller, progress: Progress
         if box is None:
             return Result(np.zeros(image.shape, dtype=np.uint8), plan.class_map)
     work = image if box is None else cropping.crop(image, box)
+    kept: list | None = [] if probabilities else None
     pred = predict(work, plan.main, labeller, progress, blobs_mm3, list(plan.class_map) if one_hot else None,
-                   resample_threads)
+                   resample_threads, kept, cropped_logits and not probabilities)  # nnU-Net's full export with -sp
     labels = pred.labels if box is None else cropping.uncrop(pred.labels, box, image.shape)
     if plan.refine is not None:
         progress("  refining with the vertebral bodies")
-        bodies = predict(image, plan.refine, labeller, progress, resample_threads=resample_threads).labels
+        bodies = predict(image, plan.refine, labeller, progress, resample_threads=resample_threads,
+                         cropped_logits=cropped_logits).labels
         labels = postprocess.refine_vertebrae(labels, bodies, plan.task.classes, header_zooms)
     if plan.only_classes:
         labels[~np.isin(labels, list(plan.class_map))] = 0
     if keep_mask is not None:
         postprocess.remove_outside(labels, keep_mask, REMOVE_OUTSIDE_MM / float(np.mean(header_zooms)))
-    return Result(labels.astype(np.uint8, copy=False), plan.class_map, pred if box is None else None)
+    return Result(labels.astype(np.uint8, copy=False), plan.class_map, pred if box is None else None,
+                  kept[-1] if kept else None)

@@ -6,7 +6,7 @@ before any image is read. The later steps read the setup, not the options.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,10 +71,14 @@ class RunSetup:
     one_hot: bool  # labels upsampled one-hot (LEGACY higher-order resampling)
     resample_threads: int
     save_threads: int
+    probabilities: Path | None = None  # where nnU-Net's probabilities go (-sp; the .pkl beside it)
+    cropped_logits: bool = False  # nnU-Net resamples the main step itself, cropped-logits export (-ho)
 
 
 def prepare(input, output, values: RunOptions, say: Notice) -> RunSetup:
     """Check what needs the input's headers, resolve the outputs, plan the models and install their weights."""
+    if values.higher_order_resampling:  # the official tool drops -sl with -ho
+        values = values.replace(save_lowres=False)
     types = output_types(values.output_type)
     task, series = _input_task(input, values.task, values.series_uid, types, say)
     dest = _destination(output, values.ml, types, values.skip_saving, task.name, say)
@@ -82,6 +86,8 @@ def prepare(input, output, values: RunOptions, say: Notice) -> RunSetup:
     v1 = _v1_classes(values.v1_order, task.name, types, dest.ml, None if values.skip_saving else dest.output, say)
     check_v1_order(values, v1 is not None)
     plan = plan_run(task, plan_options(values))
+    if values.higher_order_resampling:  # nnU-Net resamples to the model's grid and back itself
+        plan = replace(plan, main=replace(plan.main, resample=None))
     check_save_lowres(values, plan, types, dest.ml)
     if values.crop_path is not None:
         say("NOTE: -cp/--crop_path has no effect (a legacy option of the official tool; crops are computed in "
@@ -99,7 +105,25 @@ def prepare(input, output, values: RunOptions, say: Notice) -> RunSetup:
         derived_masks=task.postprocess == "body" and not values.no_derived_masks,
         lowres_output=bool(values.save_lowres), blobs_mm3=values.remove_small_blobs,
         one_hot=bool(values.higher_order_resampling_LEGACY), resample_threads=int(values.nr_thr_resamp),
-        save_threads=int(values.nr_thr_saving))
+        save_threads=int(values.nr_thr_saving), probabilities=_probabilities_path(values.save_probabilities, dest),
+        cropped_logits=bool(values.higher_order_resampling))
+
+
+def _probabilities_path(given, dest: Destination) -> Path | None:
+    """``-sp``: the npz path as given; True (a cohort's flag, or the API's) puts probabilities.npz beside the
+    outputs."""
+    if given is None or given is False:
+        return None
+    if given is True:
+        if dest.folder is None:
+            raise UserError("save_probabilities=True writes probabilities.npz beside the outputs: give an output, "
+                            "or a file path to save_probabilities")
+        return dest.folder / "probabilities.npz"
+    path = Path(given)
+    if path.is_dir():
+        raise UserError(f"--save_probabilities takes a file path (e.g. probs.npz; the .pkl goes beside it), "
+                        f"but {path} is a folder")
+    return path.absolute()
 
 
 def _in_folder(dest: Destination, wanted: bool, name: str) -> Path | None:

@@ -57,7 +57,8 @@ def predict(setup: RunSetup, image, labeller, say: Notice, debug: bool = False):
     try:
         return segment(image.volume, setup.plan, labeller, progress=say, blobs_mm3=setup.blobs_mm3,
                        one_hot=setup.one_hot, header_zooms=image.header.get_zooms()[:3],
-                       resample_threads=setup.resample_threads)
+                       resample_threads=setup.resample_threads, probabilities=setup.probabilities is not None,
+                       cropped_logits=setup.cropped_logits)
     except UserError:
         raise
     except Exception:
