@@ -77,7 +77,8 @@ def _same_properties(ours: dict, theirs: dict) -> None:
 
 
 @pytest.mark.official
-@pytest.mark.parametrize("extra", [[], ["-ho"]], ids=["model_grid", "ho_input_grid"])
+@pytest.mark.parametrize("extra", [[], pytest.param(["-ho"], marks=pytest.mark.slow)],
+                         ids=["model_grid", "ho_input_grid"])
 def test_probabilities_as_official(extra, small_ct, official_runs, use_home, tmp_path):
     """--fastest: the npz on the 6 mm grid TotalSegmentator resamples to; with -ho on the input's own grid
     (nnU-Net resampled there and back). Same array, properties and masks."""
