@@ -1,17 +1,18 @@
 #!/usr/bin/env python3
-"""The official tool, our exact engine and our fast engine on one input, in one run.
+"""The official tool and our exact, fast and int8 engines on one input, in one run.
 
     python3 bench/engines.py --home HOME --input IMG [--out DIR] [--repeat N] [--no-official] \
-        [--warmup-input SMALL_IMG] -- <TotalSegmentator options, e.g. --fast --ml>
+        [--engines exact fast int8] [--warmup-input SMALL_IMG] -- <TotalSegmentator options, e.g. --fast --ml>
 
 Each tool gets its own copy of HOME (made before any clock starts) that it keeps across its runs, and one
 untimed warm-up run first: our per-machine answers (kernel checks, the fast engine's converted models) are
-made once per machine, so the timed runs show the steady state a user sees from the second scan on. The
-warm-up's wall time is printed too (the cost of the first run on a new machine). Then the tools run in
-turn (official, exact, fast; --repeat times) and the table gives median wall, peak RSS (largest process,
-as `/usr/bin/time -v`), ratios against the official tool and against the exact engine, and the agreement
-of the fast engine with the exact engine (equal voxels, per-class Dice) and of the exact engine with the
-official tool. Results also go to DIR/results.json.
+made once per machine (the int8 engine's calibration too), so the timed runs show the steady state a user
+sees from the second scan on. The warm-up's wall time is printed too (the cost of the first run on a new
+machine). Then the tools run in turn (official, exact, fast, int8; --repeat times) and the table gives median
+wall, peak RSS (largest process, as `/usr/bin/time -v`), ratios against the official tool and against the
+exact engine, and the agreement of the fast and int8 engines with the exact engine (equal voxels, per-class
+Dice) and of the exact engine with the official tool. Results, with every class's Dice, go to
+DIR/results.json.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compare  # noqa: E402  (the wrapper, home copies and image comparison of compare.py)
 
-TOOLS = ("official", "exact", "fast")
+TOOLS = ("official", "exact", "fast", "int8")
 
 
 def _command(tool: str, official: str) -> list[str]:
@@ -41,9 +42,11 @@ def _run(tool: str, cmd: list[str], home: Path, args, options: list[str], run_di
 
 
 def _dice_summary(res: dict) -> dict:
-    dice = [d["dice"] for d in res.get("dice", {}).values() if max(d["n_official"], d["n_ours"]) >= 50]
+    per_class = {k: d["dice"] for k, d in res.get("dice", {}).items() if max(d["n_official"], d["n_ours"]) >= 50}
+    dice = list(per_class.values())
     return {"equal_voxels": res.get("equal_fraction"), "labels": len(dice),
-            "dice_min": min(dice) if dice else None, "dice_mean": statistics.fmean(dice) if dice else None}
+            "dice_min": min(dice) if dice else None, "dice_mean": statistics.fmean(dice) if dice else None,
+            "dice": per_class}
 
 
 def _print(summary: dict, agreement: dict) -> None:
@@ -75,12 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup-input", type=Path, default=None,
                     help="image for the untimed warm-up runs (default: --input); a small one with the same "
                          "options makes the same per-machine answers in far less time")
-    ap.add_argument("--no-official", action="store_true", help="only our two engines")
+    ap.add_argument("--no-official", action="store_true", help="only our engines")
+    ap.add_argument("--engines", nargs="+", choices=TOOLS[1:], default=list(TOOLS[1:]),
+                    help="which of our engines run (default: all; exact is the reference of the agreement)")
     ap.add_argument("--official", default=compare.DEFAULT_OFFICIAL)
     args = ap.parse_args(argv)
     out = (args.out or compare.BENCH / "work" / time.strftime("engines-%Y%m%d-%H%M%S")).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    tools = [t for t in TOOLS if not (args.no_official and t == "official")]
+    tools = [t for t in TOOLS if (t == "official" and not args.no_official) or t in args.engines]
     homes = {t: compare.copy_home(args.home, out / "homes" / t) for t in tools}
     runs: dict[str, list[dict]] = {t: [] for t in tools}
     warmup = {}
@@ -101,8 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     per_label = compare.wants_ml(options)
     first = {t: Path(runs[t][0]["output"]) for t in tools}
     agreement = {}
-    if per_label:  # one multilabel file each
-        agreement["fast vs exact"] = _dice_summary(compare.compare_images(first["exact"], first["fast"], True))
+    if per_label and "exact" in first:  # one multilabel file each
+        for tool in ("fast", "int8"):
+            if tool in first:
+                agreement[f"{tool} vs exact"] = _dice_summary(
+                    compare.compare_images(first["exact"], first[tool], True))
         if "official" in first:
             agreement["exact vs official"] = _dice_summary(
                 compare.compare_images(first["official"], first["exact"], True))

@@ -236,7 +236,7 @@ def _writable_folder(folder: Path) -> Path | None:
     return folder
 
 
-def _remove_ir(xml: Path) -> None:
+def remove_ir(xml: Path) -> None:
     for path in (xml, xml.with_suffix(".bin")):
         try:
             path.unlink(missing_ok=True)
@@ -254,7 +254,7 @@ def _remove_stale_temporaries(folder: Path) -> None:
             pass
 
 
-def _save_ir(ov, model, xml: Path) -> None:
+def save_ir(ov, model, xml: Path) -> None:
     """Save the IR in a temporary folder beside ``xml`` and move it into place, .bin first: an .xml
     is only ever present with its complete .bin. (write_atomic moves one file and turns failures into
     errors; here a failed save only means converting again next time.)"""
@@ -273,7 +273,7 @@ def _save_ir(ov, model, xml: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _read_ir(xml: Path, in_channels: int, patch):
+def read_ir(xml: Path, in_channels: int, patch):
     """The cached model, or None if absent; a corrupt or unfitting one is deleted."""
     if not xml.is_file():
         return None
@@ -286,7 +286,7 @@ def _read_ir(xml: Path, in_channels: int, patch):
         model = None
     if model is not None and _fits(model, in_channels, patch):
         return model
-    _remove_ir(xml)
+    remove_ir(xml)
     return None
 
 
@@ -342,18 +342,22 @@ class FastNetwork:
         """Compile the cached IR if there is a usable one, else convert (and cache) ``net``."""
         in_channels = self._in_shape[1]
         if self.ir_path is not None:
-            model = _read_ir(self.ir_path, in_channels, self._patch)
+            model = read_ir(self.ir_path, in_channels, self._patch)
             if model is not None:
                 try:
                     return self._compile(model, precision, compiled_dir)
                 except RuntimeError:  # readable but not compilable: rebuilt like a corrupt file
-                    _remove_ir(self.ir_path)
-        model = _convert(self._ov, net, self._patch, in_channels)
+                    remove_ir(self.ir_path)
+        return self._compile(self._converted(net), precision, compiled_dir)
+
+    def _converted(self, net):
+        """``net`` converted to an OpenVINO model, and cached (the engines built on this one start from it)."""
+        model = _convert(self._ov, net, self._patch, self._in_shape[1])
         if self.ir_path is not None:
-            _save_ir(self._ov, model, self.ir_path)
+            save_ir(self._ov, model, self.ir_path)
             if self._whole_ir is not None and self.ir_path.is_file():  # superseded by the trunk: ~weights' size
-                _remove_ir(self._whole_ir)
-        return self._compile(model, precision, compiled_dir)
+                remove_ir(self._whole_ir)
+        return model
 
     def __call__(self, tile):
         """The network's float32 output (1, classes, *patch) for a float32 tile (1, in_channels, *patch)."""

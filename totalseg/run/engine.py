@@ -6,13 +6,13 @@ import os
 
 from totalseg.errors import UserError
 
-ENGINES = ("exact", "fast")
+ENGINES = ("exact", "fast", "int8")
 
 
 def check_engine(engine: str) -> str:
     """``engine`` if it is one of ENGINES; else the one-line refusal."""
     if engine not in ENGINES:
-        raise UserError(f"unknown engine '{engine}'; use exact or fast")
+        raise UserError(f"unknown engine '{engine}'; use exact, fast or int8")
     return engine
 
 

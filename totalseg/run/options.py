@@ -245,8 +245,9 @@ OPTIONS: tuple[Option, ...] = (
     _Opt("series_uid", ("--series_uid",), None,
          "DICOM input: the SeriesInstanceUID to segment (default: largest CT/MR series)", "input", cohort=False),
     _Opt("engine", ("--engine",), None,
-         "exact (default; the official arithmetic, same masks bit for bit) or fast (CPU: OpenVINO, bf16 where the "
-         "CPU has it; a few voxels may differ). Default: $TOTALSEG_ENGINE or exact", "predict", cohort=False,
+         "exact (default; the official arithmetic, same masks bit for bit), fast (CPU: OpenVINO, bf16 where the "
+         "CPU has it; a few voxels may differ) or int8 (CPU: OpenVINO with 8-bit convolutions, calibrated once per "
+         "model; more voxels may differ). Default: $TOTALSEG_ENGINE or exact", "predict", cohort=False,
          cli={"choices": list(ENGINES)}, check=_engine),
 )
 # The run report's option fields, in the official manifest's order.

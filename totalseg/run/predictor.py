@@ -89,7 +89,8 @@ class Predictor:
 
     device: ``gpu`` / ``gpu:N`` (CUDA; the CPU with a notice when there is none), ``cpu``, ``mps``,
     or ``meta`` (a dry run without values, for tests). engine: ``exact`` (the official arithmetic,
-    bit for bit) or ``fast`` (CPU only: OpenVINO, bf16 where the CPU has it; not bitwise).
+    bit for bit), ``fast`` (CPU only: OpenVINO, bf16 where the CPU has it; not bitwise) or ``int8``
+    (CPU only: OpenVINO with NNCF's 8-bit quantization, calibrated once per model; not bitwise either).
     keep_models: how many loaded models stay in memory (least recently used dropped first).
     progress_bars: a bar per model on stderr (tiles done, elapsed, ETA); None: when stderr is a terminal.
     """
@@ -100,8 +101,13 @@ class Predictor:
         check_engine(engine)
         self.notice = notice or notice_printer()
         self.device = "meta" if device == "meta" else select_device(device, self.notice)
-        if engine == "fast" and device_kind(self.device) != "cpu":
-            raise UserError("--engine fast runs on the CPU; use -d cpu with it, or --engine exact on the GPU")
+        if engine in ("fast", "int8") and device_kind(self.device) != "cpu":
+            raise UserError(f"--engine {engine} runs on the CPU; use -d cpu with it, or --engine exact on the GPU")
+        if engine == "int8":
+            from totalseg.predict.int8_engine import missing
+
+            if hint := missing():
+                raise UserError(hint)
         self.engine = engine
         self.threads = threads or default_threads()
         self.keep_models = max(1, keep_models)
@@ -149,7 +155,7 @@ class Predictor:
         networks = loaded.networks
         if device_kind(self.device) != "cpu":
             networks = [net.to(self.device) for net in networks]
-        elif self.engine == "fast":
+        elif self.engine in ("fast", "int8"):
             networks = self._fast_networks(loaded, model)
         checks = KernelChecks(self.home / "kernel_checks" / f"{model.folder}.json")
         bar = partial(_tile_bar, model.folder) if self.progress_bars else None
@@ -160,6 +166,10 @@ class Predictor:
 
         cache = self.home / "engine_cache" / model.folder / model.subfolder
         plans = loaded.plans
+        if self.engine == "int8":
+            from totalseg.predict.int8_engine import Int8Network
+
+            return [Int8Network(net, plans, cache, self.threads, self.notice) for net in loaded.networks]
         return [FastNetwork(net, plans.patch_size, plans.num_input_channels, cache, threads=self.threads)
                 for net in loaded.networks]
 
