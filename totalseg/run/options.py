@@ -215,8 +215,8 @@ OPTIONS: tuple[Option, ...] = (
          False, "upsample the labels one-hot with order 1 (smoother masks) instead of nearest-neighbour", "predict",
          "every output", cli={"action": "store_true"}),
     _Opt("higher_order_resampling", ("-ho", "--higher_order_resampling", "--high_order_resampling"), False,
-         "nnU-Net resamples the image to the model's spacing (order 3) and its logits back (order 1, then argmax) "
-         "instead of TotalSegmentator's resampling; drops -sl", "predict", "every output",
+         "nnU-Net resamples the image to the model's spacing itself (order 3) and exports with cropped-logits "
+         "resampling (order 1, each class in its box); drops -sl", "predict", "every output",
          cli={"action": "store_true"}),
     _Opt("save_probabilities", ("-sp", "--save_probabilities"), None,
          "save nnU-Net's probabilities (npz, array 'probabilities', model grid, z y x) to this path and its "
