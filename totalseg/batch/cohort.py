@@ -99,8 +99,9 @@ def _check_options(options: dict[str, Any]) -> None:
         if name in table() and name not in per_case_names():
             raise UserError(f"{name} is not a per-case option in a cohort (each case folder gets its outputs and "
                             "run_report.json; pass quiet, device and engine to segment_cohort)")
-    if options.get("statistics") not in (None, False, True):
-        raise UserError("statistics takes no path in a cohort: statistics.json goes into each case folder")
+    for name, o in table().items():
+        if o.path_or_flag and options.get(name) not in (None, False, True):
+            raise UserError(f"{name} takes no path in a cohort: its files go into each case folder")
     collect(options)
 
 

@@ -38,9 +38,7 @@ def segmentation_arguments(input_path: Path, output_path: Path, task: str, devic
     args = ["-i", str(input_path), "-o", str(output_path), "--task", task, "--device", device,
             "--quiet", "--report", str(output_path / "run_report.json")]
     if speed == "fast":
-        # The official adds --higher_order_resampling (nnU-Net's cropped-logits resampling), which our
-        # command refuses; the labels' one-hot order-1 upsampling is our smooth upsampling instead.
-        args += ["--fast", "--higher_order_resampling_LEGACY"]
+        args += ["--fast", "--higher_order_resampling"]  # as the official server asks for it
     elif speed == "fastest":
         args.append("--fastest")
     if roi_subset:

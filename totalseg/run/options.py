@@ -39,6 +39,7 @@ class Option:
     check: Callable[[Any], Any] | None = None  # one value checked (UserError) and normalised
     refused: str | None = None  # why totalseg cannot honour it (refused when set to a non-default value)
     report_key: str | None = None  # its field in the run report (-rp)
+    path_or_flag: bool = False  # a path, or True for its files beside the outputs (a cohort: only True)
 
     @property
     def dest(self) -> str:
@@ -161,7 +162,7 @@ OPTIONS: tuple[Option, ...] = (
          "plan", "every output", cli={"nargs": "+"}, check=_roi_list, report_key="roi_subset"),
     _Opt("statistics", ("-s", "--statistics"), False,
          "write statistics.json (volume in mm3, mean intensity per class), optionally to this path", "statistics",
-         "statistics.json", cli={"nargs": "?", "const": True}),
+         "statistics.json", cli={"nargs": "?", "const": True}, path_or_flag=True),
     _Opt("radiomics", ("-r", "--radiomics"), False, "radiomics features per class", "statistics",
          "statistics_radiomics.json", cli={"action": "store_true"}),
     _Opt("crop_path", ("-cp", "--crop_path"), None, "official legacy option; no effect (a notice says so)", "run",
@@ -221,7 +222,7 @@ OPTIONS: tuple[Option, ...] = (
     _Opt("save_probabilities", ("-sp", "--save_probabilities"), None,
          "save nnU-Net's probabilities (npz, array 'probabilities', model grid, z y x) to this path and its "
          "properties beside it (.pkl); without a path (a cohort): probabilities.npz beside the outputs", "predict",
-         "the npz and pkl files of -sp", cli={"nargs": "?", "const": True, "metavar": "PATH"}),
+         "the npz and pkl files of -sp", cli={"nargs": "?", "const": True, "metavar": "PATH"}, path_or_flag=True),
     _Opt("debug", ("--debug",), False, "on an unexpected error, print the input path and task", "run", cohort=False,
          cli={"action": "store_true"}),
     _Opt("report", ("-rp", "--report"), None,

@@ -46,7 +46,7 @@ def ray_segment(address: str, device: str) -> Callable:
         report = options.pop("report", None)
         command = [_batch_command(), "-i", str(input), "-o", str(work),
                    *batch_flags(options), "-d", device, *ray, "-q"]
-        from totalseg.serve.worker import die_with_parent
+        from totalseg.serve.lifetime import die_with_parent
 
         # killed with the worker (a cancelled job): no orphan driver goes on writing into the job's folder
         done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy(),

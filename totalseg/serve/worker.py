@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from totalseg.errors import UserError
+from totalseg.serve.lifetime import die_with_parent
 from totalseg.serve.jobs import JobStore
 
 # Options the service sets itself: where things run and where files go are the service's, not the job's.
@@ -174,16 +175,6 @@ def serve_forever(store: JobStore, segment: Callable, idle: float = 0.2) -> None
             time.sleep(idle)
         else:
             run_job(store, segment, job)
-
-
-def die_with_parent() -> None:
-    """Linux: this process gets SIGKILL when the service dies, so no orphan runs a job twice."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass  # elsewhere serve_forever notices the new parent between jobs
 
 
 def main(argv: list[str] | None = None) -> int:
