@@ -15,10 +15,10 @@ pytestmark = pytest.mark.skipif(not fast_engine.available() or int8_engine.missi
                                 reason="openvino or nncf is not installed (pip install -e '.[fast]')")
 
 FOLDER = "Dataset297_TotalSegmentator_total_3mm_1559subj/nnUNetTrainer_4000epochs_NoMirroring__nnUNetPlans__3d_fullres"
-# Measured on the tiny random networks, example_ct_sm --fast --ml (the test prints both): 98.87 % of all voxels
-# and 81.7 % of exact's foreground voxels equal. Random networks have many near-tied logits; the bounds leave
+# Measured on the tiny random networks, example_ct_sm --fast --ml (the test prints both): 98.42 % of all voxels
+# and 75.6 % of exact's foreground voxels equal. Random networks have many near-tied logits; the bounds leave
 # room for other CPUs' kernels, and an empty mask (95.2 % background) or a broken quantization fails them.
-AGREEMENT, FOREGROUND_AGREEMENT = 0.975, 0.6
+AGREEMENT, FOREGROUND_AGREEMENT = 0.97, 0.6
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_calibration_volume_is_the_ct_at_the_model_grid():
     print(f"\ncalibration volume {volume.shape} vs 3 mm scan {scan.shape}: correlation {corr:.3f}")
     assert corr > 0.9  # a wrong axis order or flip gives far less
     tiles = calibration_tiles(plans, 1)
-    assert 1 < len(tiles) <= 6 and all(t.shape == (1, 1, *plans.patch_size) for t in tiles)
+    assert 1 < len(tiles) <= 12 and all(t.shape == (1, 1, *plans.patch_size) for t in tiles)
     assert len({t.tobytes() for t in tiles}) == len(tiles)
 
 

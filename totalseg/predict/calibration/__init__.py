@@ -4,7 +4,8 @@
 over 2x2x2 voxel blocks to 6 mm, stored as int16 (220 KB). For a model it is brought to the model's grid and
 intensities as nnU-Net's preprocessing does for a scan (crop to the non-zero box, normalise with the plans'
 scheme and properties, resample to the plans' spacing with the plans' resampling), zero-padded to at least
-one patch and cut into patch-sized tiles spread evenly over the volume.
+one tile and cut into tiles spread evenly over the volume (smaller than a patch: NNCF holds every layer's
+activations of a tile at once).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import numpy as np
 
 CT_FILE = "example_ct_6mm.nii.gz"
 CT_SPACING = (6.0, 6.0, 6.0)  # x, y, z (mm), as in the file's header
-MAX_TILES = 6  # each costs one forward pass per NNCF statistics pass; more add little for activation ranges
+MAX_TILES = 12  # each costs one forward pass per NNCF statistics pass; more add little for activation ranges
 
 
 def ct_bytes() -> bytes:
@@ -52,12 +53,13 @@ def _starts(size: int, patch: int) -> list[int]:
     return sorted({int(round(s)) for s in np.linspace(0, max(size - patch, 0), n)})
 
 
-def calibration_tiles(plans, in_channels: int, max_tiles: int = MAX_TILES) -> list[np.ndarray]:
-    """At most ``max_tiles`` float32 tiles (1, in_channels, *patch) of the shipped CT for a model with ``plans``.
+def calibration_tiles(plans, in_channels: int, shape=None, max_tiles: int = MAX_TILES) -> list[np.ndarray]:
+    """At most ``max_tiles`` float32 tiles (1, in_channels, *shape) of the shipped CT for a model with ``plans``
+    (``shape``: the patch if None).
 
     Models with several input channels get the CT in every channel (there is one scan)."""
     volume = model_volume(plans)[0]
-    patch = tuple(plans.patch_size)
+    patch = tuple(plans.patch_size if shape is None else shape)
     need = [max(p - s, 0) for p, s in zip(patch, volume.shape)]
     volume = np.pad(volume, [(n // 2, n - n // 2) for n in need])  # zeros, as the sliding window pads
     origins = list(itertools.product(*(_starts(s, p) for s, p in zip(volume.shape, patch))))
