@@ -208,12 +208,12 @@ def picture(values: dict, found: dict | None) -> bytes:
         xs, ys = (width.start[0], width.end[0]), (width.start[1], width.end[1])
         ax.scatter(xs, ys, color="red", marker="x", s=200)
         ax.plot(xs, ys, color="green", linewidth=3)
-    ax.set_title(f"EVANS INDEX: {values['evans_index']:.3f}\n\nbrain volume: {values['brain_volume_ml']:.1f}ml*\n"
+    ax.set_title(f"EVANS INDEX: {values['evans_index']:.3f}\nbrain volume: {values['brain_volume_ml']:.1f}ml*\n"
                  f"ventricle volume: {values['ventricle_volume_ml']:.1f}ml\n"
                  f"ventricle/brain ratio: {values['ventricle_brain_ratio']:.3f}")
     ax.axis("off")
     ax.invert_xaxis()  # radiological view: the patient's right on the left
     fig.text(0.5, -0.01, "* Volume of brain + cranial cavity (area inside of skull)\n\n" + DISCLAIMER,
-             ha="center", va="bottom", fontsize=8)
+             ha="center", va="bottom", fontsize=8, wrap=True)
     fig.tight_layout()
     return _png(fig, "white")
