@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from conftest import DATA, REF
+from conftest import REF
 from totalseg.clinical import evans
 from totalseg.cli import evans_index as cli
 from totalseg.volume import Volume
@@ -122,12 +121,11 @@ def test_missing_model_is_one_line(use_home, tmp_path, capsys):
     assert not (tmp_path / "e.json").exists() and not (tmp_path / "e.png").exists()
 
 
-def _synthetic_case(folder: Path) -> list[Path]:
-    """A head on a 1.3 mm LPS-like grid from the shipped atlas: CT, brain/skull (total ids 90/91) by thresholds,
+def _synthetic_case(folder: Path, spacing: float) -> list[Path]:
+    """A head on an LPS-like grid of ``spacing`` mm from the shipped atlas: CT, brain/skull (total ids 90/91) by thresholds,
     and frontal horns (1, 6) and ventricle bodies (3, 8) as ellipsoids inside the brain."""
     atlas = nib.load(Path(evans.__file__).parent / "resources" / "ct_brain_atlas_1mm.nii.gz")
-    spacing = 1.3
-    ct = ndimage.zoom(atlas.get_fdata(), 1 / spacing, order=1)
+    ct = ndimage.zoom(atlas.get_fdata(), 1 / spacing, order=1) if spacing != 1 else atlas.get_fdata()
     skull = ct > 100
     labels, _ = ndimage.label(ndimage.binary_opening((ct > 15) & (ct < 80) & ~skull))
     brain = labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1
@@ -154,7 +152,7 @@ ants.config.set_ants_deterministic(True, 123)
 import nibabel as nib
 import totalsegmentator.bin.totalseg_evans_index as ev
 from totalsegmentator.nifti_ext_header import add_label_map_to_nifti
-ct, brain_skull, vent = sys.argv[1:4]
+ct, brain_skull, vent, png = sys.argv[1:5]
 bs = nib.load(brain_skull)
 bs = add_label_map_to_nifti(nib.Nifti1Image(bs.get_fdata().astype('uint8'), bs.affine), {90: 'brain', 91: 'skull'})
 def models(ct_img, verbose=False):
@@ -164,29 +162,36 @@ ev.run_models_shell = models
 from pathlib import Path
 for r in ev.evans_index(Path(ct), 'niigz'):
     if r['progress'] == 100:
+        open(png, 'wb').write(r['report_png'])
         print('RESULT ' + json.dumps({k: None if v is None else float(v) for k, v in r['report_json'].items()}))
 """
 
 
 @pytest.mark.slow
-def test_same_values_as_official_functions(tmp_path):
+@pytest.mark.parametrize("spacing", [1.3, 1.0])  # resampled (and cast to uint8) before registration, or not
+def test_same_values_as_official_functions(tmp_path, spacing):
     """The official measurement (after its model step) and ours on the same masks, with ANTs' seed fixed and
     one thread in both (unseeded, two official runs already differ, e.g. brain volume 1339.8 vs 1339.7 ml)."""
     pytest.importorskip("ants")
     if not OFFICIAL_PY.exists() or subprocess.run([str(OFFICIAL_PY), "-c", "import ants, blosc"]).returncode:
         pytest.skip("the official venv with antspyx is not available")
-    ct, brain_skull, vent = _synthetic_case(tmp_path)
-    official = subprocess.run([str(OFFICIAL_PY), "-c", OFFICIAL_SCRIPT, str(ct), str(brain_skull), str(vent)],
+    ct, brain_skull, vent = _synthetic_case(tmp_path, spacing)
+    official = subprocess.run([str(OFFICIAL_PY), "-c", OFFICIAL_SCRIPT, str(ct), str(brain_skull), str(vent),
+                               str(tmp_path / "official.png")],
                               capture_output=True, text=True, cwd=tmp_path, check=True).stdout
     expected = json.loads(official.split("RESULT ", 1)[1])
     code = ("import ants.config, sys\nants.config.set_ants_deterministic(True, 123)\n"
-            "from totalseg.cli import evans_index as cli\nfrom totalseg.clinical import evans\nimport nibabel as nib, numpy as np, json\n"
+            "from totalseg.clinical import evans\nimport nibabel as nib, numpy as np, json\n"
             "from totalseg.volume import Volume\n"
             "ct, bs, v = (nib.load(p) for p in sys.argv[1:4]); lab = np.asanyarray(bs.dataobj)\n"
             "vol = lambda a, i: Volume(np.asarray(a), i.affine)\n"
-            "values, _ = evans.evans_index(vol(ct.dataobj, ct), vol((lab == 90).astype(np.uint8), bs),"
-            " vol((lab == 91).astype(np.uint8), bs), vol(v.dataobj, v))\nprint('RESULT ' + json.dumps(values))")
-    ours = subprocess.run([sys.executable, "-c", code, str(ct), str(brain_skull), str(vent)],
+            "values, found = evans.evans_index(vol(ct.dataobj, ct), vol((lab == 90).astype(np.uint8), bs),"
+            " vol((lab == 91).astype(np.uint8), bs), vol(v.dataobj, v))\nprint('RESULT ' + json.dumps(values))\n"
+            "open(sys.argv[4], 'wb').write(evans.picture(values, found))")
+    ours = subprocess.run([sys.executable, "-c", code, str(ct), str(brain_skull), str(vent), str(tmp_path / "ours.png")],
                           capture_output=True, text=True, check=True).stdout
     assert json.loads(ours.split("RESULT ", 1)[1]) == expected
     assert expected["evans_index"] is not None
+    from matplotlib.image import imread  # the preview: pixel for pixel the official one
+
+    assert np.array_equal(imread(tmp_path / "ours.png"), imread(tmp_path / "official.png"))
