@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 import sys
 
 import nibabel as nib
@@ -150,3 +151,26 @@ def test_resampling_threads_must_be_positive(tmp_path, use_home, capsys):
     code, err = _run(["-i", str(REF / "example_ct_sm.nii.gz"), "-o", str(out), "--ml", "-nr", "0", "-d", "cpu"],
                      capsys)
     _assert_clean_failure(code, err, out, "--nr_thr_resamp must be 1 or more")
+
+
+# Every console script of the official TotalSegmentator 2.18.0 package (official-behaviour.md §1).
+OFFICIAL_SCRIPTS = {"TotalSegmentator", "totalseg_combine_masks", "crop_to_body", "totalseg_import_weights",
+                    "totalseg_download_weights", "totalseg_setup_manually", "totalseg_set_license",
+                    "totalseg_get_phase", "totalseg_get_modality", "totalseg_evans_index", "totalseg_get_body_stats",
+                    "totalseg_spine_report", "totalseg_info", "totalseg_aorta_report", "totalseg_pulmonary_report",
+                    "totalseg_mcp"}
+
+
+def test_every_console_script_answers_help_without_torch():
+    """Each official command exists here, and every command of ours prints its --help without loading torch."""
+    import tomllib
+
+    scripts = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+    assert OFFICIAL_SCRIPTS <= set(scripts), OFFICIAL_SCRIPTS - set(scripts)
+    for name, target in scripts.items():
+        module, func = target.split(":")
+        code = (f"import sys; sys.argv = [{name!r}, '--help']; from {module} import {func}\n"
+                f"try:\n    {func}()\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+                "assert 'torch' not in sys.modules, 'torch imported'")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert proc.returncode == 0 and "usage" in proc.stdout.lower(), (name, proc.stderr[-500:])
