@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 from totalseg.cli.common import run
@@ -66,41 +65,14 @@ def _progress(value: int, status: str) -> None:
 
 
 def _run(args) -> int:
-    from totalseg.clinical import vessel_run
-    from totalseg.clinical.common import close_logger, report_logger, save_runtime
+    from totalseg.clinical.vessel_run import run_report
     from totalseg.errors import UserError
 
     if args.host == "modal":
         raise UserError("--host modal runs the models in the official Modal cloud app, which totalseg has not; "
                         "use --host local")
-    for out in (args.output_nifti, args.output_json, args.output_log):
-        out.parent.mkdir(parents=True, exist_ok=True)
-    logger = report_logger(args.output_log, "pulmonary_report")
-    try:
-        started = time.time()
-        logger.info("Getting metadata...")
-        meta = vessel_run.metadata(args.nodeinfo, VERSION, logger.info)
-        if meta is None:
-            return 0
-        if meta["PatientAge"] < 5 or meta["PatientAge"] > 150:
-            logger.info("WARNING: Patient age is not in range [5, 150]. Stopping.")
-            return 0
-        if not vessel_run.usable_ct(args.ct_path, logger.info):
-            return 0
-        work, delete_work, delete_pictures = vessel_run.work_folder(args.tmp_dir, args.debug)
-        logger.info("Creating report...")
-        try:
-            _report(args, meta, work, logger.info)
-        except BaseException:
-            if delete_work:
-                vessel_run.clean_up(work, True, False)
-            raise
-        vessel_run.clean_up(work, delete_work, delete_pictures)
-        if args.save_runtime and args.nodeinfo is not None and args.nodeinfo.exists():
-            save_runtime(started, "pulmonary_report", args.nodeinfo)
-        return 0
-    finally:
-        close_logger(logger)
+    return run_report(args, "pulmonary_report", VERSION, (args.output_nifti, args.output_json, args.output_log),
+                      _report)
 
 
 def _segment_first(args, models: Path, log) -> Path:

@@ -136,3 +136,42 @@ def crop_and_resample(ct: Path, folder: Path, masks, spacing: float, log: Log) -
     save_nifti(img, out)
     print(f"Resampled CT to {spacing}mm: {img.shape}")
     return out
+
+
+def run_report(args, name: str, version: str, outputs, report) -> int:
+    """A vessel report's frame, as the official commands run it: the log, the patient's details and the CT
+    checked (each may stop the report with a log line and status 0), the work folder, ``report(args, meta,
+    work, log)``, clean-up, and the runtime file with ``-r``."""
+    import time
+
+    from totalseg.clinical.common import close_logger, report_logger, save_runtime
+
+    for out in outputs:
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+    logger = report_logger(args.output_log, name)
+    try:
+        started = time.time()
+        logger.info("Getting metadata...")
+        meta = metadata(args.nodeinfo, version, logger.info)
+        if meta is None:
+            return 0
+        if meta["PatientAge"] < 5 or meta["PatientAge"] > 150:
+            logger.info("WARNING: Patient age is not in range [5, 150]. Stopping.")
+            return 0
+        if not usable_ct(args.ct_path, logger.info):
+            return 0
+        work, delete_work, delete_pictures = work_folder(args.tmp_dir, args.debug)
+        logger.info("Creating report...")
+        try:
+            report(args, meta, work, logger.info)
+        except BaseException:
+            if delete_work:
+                clean_up(work, True, False)
+            raise
+        clean_up(work, delete_work, delete_pictures)
+        if args.save_runtime and args.nodeinfo is not None and args.nodeinfo.exists():
+            save_runtime(started, name, args.nodeinfo)
+        return 0
+    finally:
+        close_logger(logger)
