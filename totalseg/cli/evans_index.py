@@ -75,6 +75,8 @@ def _run(args) -> int:
     from totalseg.write.atomic import write_atomic
 
     check_outputs(args.output_file, args.preview_file)
+    if not args.ct_img.exists():  # the user's input first, then what the machine lacks
+        raise UserError(f"the input file does not exist: {args.ct_img}; give a head CT (.nii.gz, .nii or a DICOM .zip)")
     try:
         import ants  # noqa: F401 - before the models run: the registration needs it
     except ImportError:
