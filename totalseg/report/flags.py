@@ -58,7 +58,7 @@ def fov_flags(stats: Stats) -> list[Flag]:
 
 
 def _kind_of(text: str) -> str:
-    """The kind of an input-check line or code (the checks' wording: totalseg/checks.py)."""
+    """The kind of an input-check line or code (the checks' wording: totalseg/load/image_checks.py)."""
     t = text.lower()
     if "flip" in t or "orient" in t:
         return "flipped"
