@@ -31,6 +31,15 @@ def _silence_stdout() -> None:
     os.dup2(devnull, sys.stdout.fileno())
 
 
+def check_paths(input, output, output_kind: str, input_hint: str = "") -> None:
+    """The checks every command makes before any work: the input exists, the output is not a folder
+    (``output_kind`` says what to give instead, e.g. "a .json file name")."""
+    if input is not None and not input.exists():
+        raise UserError(f"the input file does not exist: {input}{input_hint}")
+    if output is not None and output.is_dir():
+        raise UserError(f"the output {output} is a folder; give {output_kind}")
+
+
 def progress(quiet: bool) -> Callable[[str], None]:
     """A message printer for stderr (silent with ``quiet``)."""
     return notice_printer(quiet)

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from totalseg.cli.common import progress, run
+from totalseg.cli.common import check_paths, progress, run
 from totalseg.errors import UserError
 
 MARGIN_MM = (3, 3, 3)
@@ -74,10 +74,7 @@ def _run(args) -> int:
     from totalseg import totalsegmentator
     from totalseg.write.nifti import save_atomic
 
-    if not args.input.exists():
-        raise UserError(f"the input file does not exist: {args.input}")
-    if args.output.is_dir():
-        raise UserError(f"the output {args.output} is a folder; give a .nii.gz file name")
+    check_paths(args.input, args.output, "a .nii.gz file name")
     say = progress(args.quiet)
     image = nib.load(args.input)
     if len(image.shape) != 3:

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from totalseg.cli.common import progress, run
+from totalseg.cli.common import check_paths, progress, run
 from totalseg.errors import UserError
 
 
@@ -28,8 +28,7 @@ def load_ct(path: Path):
     """The CT as a nibabel image: NIfTI, or DICOM (a .zip or a folder) read by this package's reader."""
     import nibabel as nib
 
-    if not path.exists():
-        raise UserError(f"the input file does not exist: {path}; give a head CT (.nii.gz, .nii or a DICOM .zip)")
+    check_paths(path, None, "", "; give a head CT (.nii.gz, .nii or a DICOM .zip)")
     if path.name.endswith((".nii", ".nii.gz")):
         from totalseg.load.nifti import load_nifti
         source = load_nifti(path)
@@ -75,8 +74,8 @@ def _run(args) -> int:
     from totalseg.write.atomic import write_atomic
 
     check_outputs(args.output_file, args.preview_file)
-    if not args.ct_img.exists():  # the user's input first, then what the machine lacks
-        raise UserError(f"the input file does not exist: {args.ct_img}; give a head CT (.nii.gz, .nii or a DICOM .zip)")
+    # the user's input first, then what the machine lacks
+    check_paths(args.ct_img, None, "", "; give a head CT (.nii.gz, .nii or a DICOM .zip)")
     try:
         import ants  # noqa: F401 - before the models run: the registration needs it
     except ImportError:

@@ -5,8 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from totalseg.cli.common import progress, run, write_result
-from totalseg.errors import UserError
+from totalseg.cli.common import check_paths, progress, run, write_result
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,10 +32,7 @@ def _run(args) -> int:
     from totalseg.classify.modality import modality
     from totalseg.load.nifti import load_nifti
 
-    if not args.input.exists():
-        raise UserError(f"the input file does not exist: {args.input}")
-    if args.output.is_dir():
-        raise UserError(f"the output {args.output} is a folder; give a .json file name")
+    check_paths(args.input, args.output, "a .json file name")
     say = progress(args.quiet)
     image = load_nifti(args.input)
     result = modality(_as_nifti(image), args.normalized, args.model, device=args.device,
