@@ -274,3 +274,38 @@ def test_pointwise_head_equals_the_segmentation_layer_on_slabs():
                 assert not torch.equal(got, torch.zeros_like(got))
     with pytest.raises(ValueError, match="one tile"):
         head(torch.randn(2, 32, 4, 4, 4))
+
+
+def test_pointwise_head_labels_are_the_argmax_of_its_output():
+    """``labels`` (voxels first, for the summed features) is the argmax over classes of the layer's output."""
+    torch.manual_seed(1)
+    features = torch.randn(32, 24, 9, 7, dtype=torch.float32)
+    for bias in (True, False):
+        head = fast_engine.PointwiseHead(torch.nn.Conv3d(32, 26, 1, bias=bias))
+        slab = features[:, 4:20]  # a view of a window, as the sums hand it over
+        want = head(slab[None])[0].argmax(0)
+        assert torch.equal(head.labels(slab), want) and len(torch.unique(want)) > 10
+
+
+def test_fast_labels_are_the_argmax_of_the_averaged_logits(model, ct_tiles, tmp_path):
+    """The fast engine sums weighted feature maps, not logits, and applies the (linear) segmentation layer once
+    to their average: the labels are those of the Gaussian-averaged logits, computed here in float64 from each
+    tile's whole output (near-ties apart: float32 against float64 sums)."""
+    from totalseg.predict.sliding_window import Runner, gaussian_weights, predict_labels, tile_grid
+
+    patch = model.plans.patch_size
+    fast = fast_engine.FastNetwork(model.networks[0], patch, 1, tmp_path, precision="f32")
+    data = torch.cat([ct_tiles[0], ct_tiles[1][:, : patch[0] // 2]], dim=1).numpy()  # 1.5 patches deep
+    labels = predict_labels(Runner([fast], "cpu"), data, patch, 0.5, 1, np.uint8)
+    weight = gaussian_weights(tuple(patch)).astype(np.float64)
+    sums = np.zeros((fast.head.out_channels, *data.shape[1:]))
+    norm = np.zeros(data.shape[1:])
+    tiles = tile_grid(data.shape[1:], patch, 0.5)
+    assert len(tiles) > 1
+    for tile in tiles:
+        out = _run(fast, torch.from_numpy(data[(slice(None), *tile)][None]))[0].double().numpy()
+        sums[(slice(None), *tile)] += out * weight
+        norm[tile] += weight
+    want = (sums / norm).argmax(0)
+    assert labels.shape == want.shape and labels.dtype == np.uint8
+    assert (labels == want).mean() > 0.9999 and len(np.unique(want)) > 10

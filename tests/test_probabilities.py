@@ -171,3 +171,19 @@ def test_cohort_writes_probabilities_into_each_case_folder(small_ct, use_home, t
     found = sorted(cohort.rglob("probabilities.npz"))
     assert [p.parent for p in found] == [cohort / "small_ct"]
     assert found[0].with_suffix(".pkl").is_file() and (cohort / "small_ct" / "segmentations.nii.gz").is_file()
+
+
+def test_probabilities_come_from_the_predictors_loaded_model(small_ct, use_home, tmp_path):
+    """-sp through a Predictor: the model it loaded for the labels also gives the probabilities (one load for
+    two runs), and they are that run's: the argmax of each run's probabilities is its labels."""
+    from totalseg import Predictor
+
+    with Predictor(device="cpu", keep_models=2) as predictor:
+        for name in ("a", "b"):
+            predictor.segment(small_ct, tmp_path / name / "seg.nii.gz", ml=True, fastest=True, save_lowres=True,
+                              save_probabilities=True, quiet=True)
+    assert predictor.loads == [298]
+    for name in ("a", "b"):
+        probs = np.load(tmp_path / name / "probabilities.npz")["probabilities"]
+        labels = _labels(tmp_path / name / "seg.nii.gz")
+        assert np.array_equal(probs.argmax(axis=0).transpose(2, 1, 0), labels)

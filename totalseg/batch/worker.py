@@ -69,6 +69,13 @@ class _CaseView:
         with self._lock:
             return self._predictor.model_labels(model, *args, **kwargs)
 
+    @contextmanager
+    def model_run(self, model: Model, folds):
+        """The predictor's ``model_run`` under the shared lock (``-sp``, ``-ho``)."""
+        self.used.append(model)
+        with self._lock, self._predictor.model_run(model, folds) as pair:
+            yield pair
+
 
 def _report_warnings(report: Path) -> list[str]:
     """The warnings of a case's run report."""

@@ -183,6 +183,16 @@ class PointwiseHead:
         out = self.weight @ voxels if self.bias is None else torch.addmm(self.bias, self.weight, voxels)
         return out.reshape(1, self.out_channels, *x.shape[2:])
 
+    def labels(self, features):
+        """The argmax over classes (int64, *spatial) of the layer's output for features (in_channels, *spatial),
+        voxels first: the classes of a voxel are adjacent in memory, so argmax reads them in one run."""
+        import torch
+
+        voxels = features.reshape(self.in_channels, -1).T  # a transposed view; the product reads it as such
+        weight = self.weight.T
+        out = voxels @ weight if self.bias is None else torch.addmm(self.bias.T, voxels, weight)
+        return out.argmax(1).reshape(features.shape[1:])
+
 
 def _trace_shape(net, patch) -> tuple[int, ...]:
     """A small input to trace with: twice the network's total stride per axis, at most the patch.

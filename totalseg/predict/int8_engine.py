@@ -119,7 +119,7 @@ class Int8Network(fast_engine.FastNetwork):
     def _load(self, trunk, precision: str, compiled_dir: Path | None):
         """Compile the cached int8 IR if there is a usable one, else quantize the float IR (cached or
         converted now) on the calibration tiles and cache the result."""
-        import nncf
+        from importlib.metadata import version
 
         from totalseg.predict.calibration import calibration_digest, calibration_tiles
 
@@ -127,7 +127,8 @@ class Int8Network(fast_engine.FastNetwork):
         in_channels, shape = self._in_shape[1], calibration_shape(trunk, self._patch)
         if self.ir_path is not None:
             digest = calibration_digest(self._plans, settings_text(patterns, shape))
-            self.int8_path = self.ir_path.with_name(int8_name(self.ir_path, nncf.__version__, digest))
+            # NNCF's release from its metadata: importing NNCF costs 0.5 s, and a cached model does not need it
+            self.int8_path = self.ir_path.with_name(int8_name(self.ir_path, version("nncf"), digest))
             model = fast_engine.read_ir(self.int8_path, in_channels, self._patch)
             if model is not None:
                 try:

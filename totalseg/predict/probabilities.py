@@ -126,10 +126,14 @@ def write_probabilities(probs: Probabilities, path: Path) -> tuple[Path, Path]:
 
 @contextmanager
 def labeller_run(labeller, model, folds: tuple[int, ...] | None) -> Iterator[tuple[Plans, Runner]]:
-    """``(plans, runner)`` of ``model`` on the labeller's device and weights, under its torch settings.
-
-    The model is loaded here (the exact engine: these runs need the averaged logits, which the labeller's
-    ``model_labels`` does not return); a labeller's own cache is not used."""
+    """``(plans, runner)`` of ``model`` on the labeller's device and weights, under its torch settings: the
+    labeller's own loaded model where it has ``model_run`` (a Predictor: its engine, loaded once), else loaded
+    here for the exact engine (these runs need the averaged logits, which ``model_labels`` does not return)."""
+    model_run = getattr(labeller, "model_run", None)
+    if model_run is not None:
+        with model_run(model, folds) as pair:
+            yield pair
+        return
     from totalseg.device import device_kind
     from totalseg.predict.model import load_model
     from totalseg.weights import model_folder

@@ -188,6 +188,17 @@ class Predictor:
                 entry.release_memory()
 
     @contextmanager
+    def model_run(self, model: Model, folds: tuple[int, ...] | None) -> Iterator[tuple]:
+        """``(plans, runner)`` of ``model``, loaded once like ``model_labels``'s, under this predictor's torch
+        settings: for the steps that need the logits themselves (``-sp``'s probabilities, ``-ho``'s export)."""
+        entry = self._entry(model, folds)
+        with self.settings():
+            try:
+                yield entry.plans, entry.runner
+            finally:
+                entry.release_memory()
+
+    @contextmanager
     def settings(self) -> Iterator[None]:
         """Torch configured for this predictor's runs, all restored afterwards: threads (CPU), denormals
         flushed (subnormal floats slow the CPU many times over and cannot move an fp16 logit), and on
