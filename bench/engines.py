@@ -49,6 +49,23 @@ def _dice_summary(res: dict) -> dict:
             "dice": per_class}
 
 
+def _trained_classes(reference: Path, first: dict, agreement: dict) -> dict:
+    """The fast and int8 engines' agreement with exact over the classes exact segments with Dice > 0.5
+    against ``reference`` (the issue's acceptance: per-class Dice >= 0.98 there)."""
+    against = compare.compare_images(reference, first["exact"], True)["dice"]
+    trained = sorted((k for k, d in against.items() if d["dice"] > 0.5), key=int)
+    out = {}
+    for tool in ("fast", "int8"):
+        if tool in first and trained:
+            every = compare.compare_images(first["exact"], first[tool], True)["dice"]
+            dice = {k: every[k]["dice"] if k in every else 0.0 for k in trained}
+            out[f"{tool} vs exact, trained classes"] = {
+                "equal_voxels": agreement[f"{tool} vs exact"]["equal_voxels"], "labels": len(dice),
+                "dice_min": min(dice.values()), "dice_mean": statistics.fmean(dice.values()), "dice": dice,
+                "exact_vs_reference": {k: against[k]["dice"] for k in trained}}
+    return out
+
+
 def _print(summary: dict, agreement: dict) -> None:
     print("\ntool      runs  wall s (median)  peak RSS MiB  wall/official  RSS/official  wall/exact  RSS/exact")
     ref_o, ref_e = summary.get("official"), summary.get("exact")
@@ -62,7 +79,8 @@ def _print(summary: dict, agreement: dict) -> None:
               f"{ratio(ref_o, 'wall_median_s'):>13}  {ratio(ref_o, 'peak_rss_mib'):>12}  "
               f"{ratio(ref_e, 'wall_median_s'):>10}  {ratio(ref_e, 'peak_rss_mib'):>9}")
     for pair, a in agreement.items():
-        print(f"{pair}: {100 * a['equal_voxels']:.4f} % equal voxels; per-class Dice (classes >= 50 voxels, "
+        which = "Dice > 0.5 of exact against the reference" if "trained" in pair else ">= 50 voxels"
+        print(f"{pair}: {100 * a['equal_voxels']:.4f} % equal voxels; per-class Dice (classes {which}, "
               f"{a['labels']}): min {a['dice_min']:.4f}, mean {a['dice_mean']:.4f}")
 
 
@@ -82,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engines", nargs="+", choices=TOOLS[1:], default=list(TOOLS[1:]),
                     help="which of our engines run (default: all; exact is the reference of the agreement)")
     ap.add_argument("--official", default=compare.DEFAULT_OFFICIAL)
+    ap.add_argument("--reference", type=Path, default=None,
+                    help="a multilabel reference segmentation of --input (e.g. the official model's): the classes "
+                         "the exact engine gets right (Dice > 0.5 against it) are the trained ones, and the fast "
+                         "and int8 engines' Dice against exact is also given over those classes alone")
     args = ap.parse_args(argv)
     out = (args.out or compare.BENCH / "work" / time.strftime("engines-%Y%m%d-%H%M%S")).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -114,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         if "official" in first:
             agreement["exact vs official"] = _dice_summary(
                 compare.compare_images(first["official"], first["exact"], True))
+    if args.reference is not None and "exact" in first:
+        agreement.update(_trained_classes(args.reference, first, agreement))
     _print(summary, agreement)
     (out / "results.json").write_text(json.dumps(
         {"input": str(args.input), "warmup_input": str(warmup_args.input), "options": options,

@@ -2,7 +2,7 @@
 """Train the official 6 mm (``--fastest``) architecture on the real reference scans, on the CPU.
 
     python3 bench/train_fastest.py --work DIR [--epochs 50] [--iterations 6] [--batch_size 2]
-        [--patch_size 80 80 80] [--trainer nnUNetTrainerShortNoDA] [--plans_from PLANS.json] [--device cpu]
+        [--patch_size 80 80 80] [--trainer NAME] [--plans_from PLANS.json] [--device cpu]
         [--resume] [--dry-run]
 
 The four steps a user types, as functions: the reference CTs with the official models' masks
@@ -89,6 +89,18 @@ def _cli(module: str, *args, env: dict) -> None:
         sys.exit(f"{module} failed (exit {r.returncode})")
 
 
+def _default_trainer(work: Path, device: str, resume: bool) -> str:
+    """A resumed run's own trainer (from its result folder); else the bf16 one on a CPU with AMX."""
+    if resume:
+        found = sorted((work / "nnUNet_results").glob(f"Dataset{DATASET_ID}_*/*__nnUNetPlans__3d_fullres"))
+        if len(found) == 1:
+            return found[0].name.split("__")[0]
+    from totalseg.predict.fast_engine import default_precision
+
+    amx = device == "cpu" and default_precision() == "bf16"
+    return "nnUNetTrainerShortNoDABf16" if amx else "nnUNetTrainerShortNoDA"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, required=True, help="work folder (dataset, nnU-Net folders, home, eval)")
@@ -98,10 +110,11 @@ def main() -> int:
     ap.add_argument("--patch_size", type=int, nargs=3, default=None, metavar="SIZE",
                     help="training patch (default: the official 80 80 80); 64 64 64 covers the 6 mm scans "
                          "here (56x50x61 voxels at most) in 2x fewer voxels")
-    ap.add_argument("--trainer", default="nnUNetTrainerShortNoDA",
+    ap.add_argument("--trainer", default=None,
                     help="nnUNetTrainerShortNoDA (default: the testbed fits these two scans; no augmentation "
-                         "process competes for the cores) or nnUNetTrainerShortNoMirroring (the official "
-                         "models' augmentation)")
+                         "process competes for the cores), nnUNetTrainerShortNoDABf16 (the same in bfloat16 "
+                         "autocast: the default on a CPU with AMX, 2.3x faster a step there), or "
+                         "nnUNetTrainerShortNoMirroring (the official models' augmentation)")
     ap.add_argument("--plans_from", type=Path, default=None, help="the official Dataset298 plans.json")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"])
     ap.add_argument("--dry-run", action="store_true", help="one epoch of two iterations")
@@ -111,6 +124,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.dry_run:
         args.epochs, args.iterations = 1, 2
+    if args.trainer is None:
+        args.trainer = _default_trainer(args.work.resolve(), args.device, args.resume)
     if args.resume and (args.batch_size, args.patch_size, args.plans_from) != (None, None, None):
         ap.error("--batch_size, --patch_size and --plans_from are set when a run starts; a resumed run keeps them")
     import os

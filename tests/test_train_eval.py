@@ -437,3 +437,31 @@ def test_resume_goes_on_from_a_latest_checkpoint_newer_than_the_final(tmp_path):
     os.utime(latest, (1_000_000, 1_000_000))
     resume_from_latest(fold)
     assert final.read_bytes() == b"epoch 80" and latest.is_file()
+
+
+def test_bf16_trainer_steps_in_bfloat16_autocast_on_the_cpu(monkeypatch):
+    """nnUNetTrainerShortNoDABf16 runs nnU-Net's training and validation steps under CPU bfloat16 autocast (nnU-Net
+    autocasts on CUDA only); on another device it leaves them as they are."""
+    import torch
+
+    from totalseg.train.train import TRAINERS
+
+    sys.path.insert(0, str(TRAINERS))
+    try:
+        import totalseg_short as short
+    finally:
+        sys.path.remove(str(TRAINERS))
+    seen = []
+
+    def record(self, batch):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return {}
+
+    monkeypatch.setattr(short.nnUNetTrainerShortNoDA, "train_step", record)
+    monkeypatch.setattr(short.nnUNetTrainerShortNoDA, "validation_step", record)
+    trainer = object.__new__(short.nnUNetTrainerShortNoDABf16)
+    for device in ("cpu", "cuda"):
+        trainer.device = torch.device(device)
+        trainer.train_step({})
+        trainer.validation_step({})
+    assert seen == [(True, torch.bfloat16)] * 2 + [(False, torch.bfloat16)] * 2

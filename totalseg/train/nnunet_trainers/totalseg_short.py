@@ -8,7 +8,6 @@ import os
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoDA import nnUNetTrainerNoDA
-from nnunetv2.training.nnUNetTrainer.variants.optimizer.nnUNetTrainerAdam import nnUNetTrainerAdam1en3
 
 
 class nnUNetTrainerShort(nnUNetTrainer):
@@ -55,7 +54,3 @@ class nnUNetTrainerShortNoDABf16(nnUNetTrainerShortNoDA):
     def validation_step(self, batch: dict) -> dict:
         with self._bf16():
             return super().validation_step(batch)
-
-
-class nnUNetTrainerShortNoDABf16Adam(nnUNetTrainerShortNoDABf16, nnUNetTrainerAdam1en3):
-    """The bf16 NoDA trainer with nnU-Net's Adam variant (AdamW, learning rate 1e-3, poly decay)."""
