@@ -31,6 +31,9 @@ PRESET = "mixed"  # asymmetric activations: LeakyReLU outputs are far from symme
 # Activation ranges from quantiles rather than min/max: a few extreme activations otherwise widen the int8 step
 # for all the others (measured: more voxels agree with f32, bench/README.md "int8 engine").
 RANGES = "mean_quantile"
+# NNCF's accuracy-aware mode when set: quantized layers go back to f32, the most harmful first, until the argmax
+# agreement with the float model on the calibration tiles has dropped by at most this fraction; None: plain PTQ.
+MAX_DROP: float | None = None
 
 
 def missing() -> str | None:
@@ -46,7 +49,8 @@ def missing() -> str | None:
 
 def settings_text(patterns, shape) -> str:
     """The quantizer's options and the calibration tiles' shape as text, hashed into the cached model's name."""
-    return f"preset={PRESET};ranges={RANGES};ignored={'|'.join(patterns)};tile={shape}"
+    control = "" if MAX_DROP is None else f";max_drop={MAX_DROP}"
+    return f"preset={PRESET};ranges={RANGES};ignored={'|'.join(patterns)};tile={shape}{control}"
 
 
 def calibration_shape(trunk, patch) -> tuple[int, ...]:
@@ -96,6 +100,37 @@ def quantize(model, tiles, patterns):
                                  activations_range_estimator_params=ranges))
 
 
+def quantize_with_control(model, tiles, patterns, head, max_drop: float):
+    """``quantize`` with NNCF's accuracy control: the metric is the share of voxels whose argmax over classes
+    (``head`` on the trunk's features) equals the float model's, on ``tiles``."""
+    import torch
+
+    core = fast_engine._openvino().Core()
+    reference = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+
+    def labels(compiled, tile):
+        return head.labels(torch.from_numpy(compiled(tile)[0])[0])
+
+    pairs = [(tile, labels(reference, tile)) for tile in tiles]
+
+    def agreement(compiled, data):
+        scores = [float((labels(compiled, tile) == want).double().mean()) for tile, want in data]
+        return sum(scores) / len(scores), scores
+
+    with _quiet_nncf():
+        import nncf
+        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+        from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+        ranges = getattr(RangeEstimatorParametersSet, RANGES.upper())
+        return nncf.quantize_with_accuracy_control(
+            model, nncf.Dataset(pairs, lambda pair: pair[0]), nncf.Dataset(pairs, lambda pair: pair[0]),
+            agreement, max_drop=max_drop, preset=nncf.QuantizationPreset(PRESET), subset_size=len(tiles),
+            ignored_scope=nncf.IgnoredScope(patterns=list(patterns), validate=False),
+            advanced_quantization_parameters=AdvancedQuantizationParameters(
+                activations_range_estimator_params=ranges))
+
+
 class Int8Network(fast_engine.FastNetwork):
     """``net``'s trunk quantized to int8 for tiles of shape (1, in_channels, *plans.patch_size); used like a
     FastNetwork (the sliding window runs it as one).
@@ -141,7 +176,11 @@ class Int8Network(fast_engine.FastNetwork):
         self._notice("int8 engine: calibrating this model once on this machine (cached afterwards)")
         small = float_model.clone()
         small.reshape([1, in_channels, *shape])
-        model = quantize(small, calibration_tiles(self._plans, in_channels, shape), patterns)
+        tiles = calibration_tiles(self._plans, in_channels, shape)
+        if MAX_DROP is not None and self.head is not None:
+            model = quantize_with_control(small, tiles, patterns, self.head, MAX_DROP)
+        else:
+            model = quantize(small, tiles, patterns)
         model.reshape([1, in_channels, *self._patch])  # the quantization parameters do not depend on the shape
         self.calibrated = True
         if self.int8_path is not None:
