@@ -288,13 +288,14 @@ def test_pointwise_head_labels_are_the_argmax_of_its_output():
 
 
 def test_fast_labels_are_the_argmax_of_the_averaged_logits(model, ct_tiles, tmp_path):
-    """The fast engine sums weighted feature maps, not logits, and applies the (linear) segmentation layer once
-    to their average: the labels are those of the Gaussian-averaged logits, computed here in float64 from each
-    tile's whole output (near-ties apart: float32 against float64 sums)."""
+    """With a bf16 or int8 trunk the fast engines sum weighted feature maps, not logits, and apply the (linear)
+    segmentation layer once to their average: the labels are those of the Gaussian-averaged logits, computed
+    here in float64 from each tile's whole output (near-ties apart: float32 against float64 sums)."""
     from totalseg.predict.sliding_window import Runner, gaussian_weights, predict_labels, tile_grid
 
     patch = model.plans.patch_size
     fast = fast_engine.FastNetwork(model.networks[0], patch, 1, tmp_path, precision="f32")
+    fast.precision = "bf16"  # the path of the coarser trunks (bf16, int8), computed in f32 on any CPU
     data = torch.cat([ct_tiles[0], ct_tiles[1][:, : patch[0] // 2]], dim=1).numpy()  # 1.5 patches deep
     labels = predict_labels(Runner([fast], "cpu"), data, patch, 0.5, 1, np.uint8)
     weight = gaussian_weights(tuple(patch)).astype(np.float64)

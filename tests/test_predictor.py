@@ -268,7 +268,7 @@ def test_fast_engine_end_to_end(use_home, tmp_path, monkeypatch, how):
     in the home's engine_cache, never in the model folders."""
     pytest.importorskip("totalseg.predict.fast_engine")
     from totalseg.cli.totalsegmentator import main
-    from totalseg.predict.fast_engine import available
+    from totalseg.predict.fast_engine import available, default_precision
 
     if not available():
         pytest.skip("openvino is not installed (pip install -e '.[fast]')")
@@ -285,7 +285,8 @@ def test_fast_engine_end_to_end(use_home, tmp_path, monkeypatch, how):
     assert main(args) == 0
     ours = np.asanyarray(nib.load(out).dataobj)
     official = np.asanyarray(nib.load(ORACLE / "fast_ml.nii.gz").dataobj)
-    assert (ours == official).mean() >= 0.999
+    # f32 OpenVINO: 99.9997 % equal; bf16 (the default where the CPU has AMX): 99.70 % on these random networks
+    assert (ours == official).mean() >= (0.999 if default_precision() == "f32" else 0.995)
     assert list(use_home.glob("engine_cache/Dataset297_*/*/*.xml"))
     assert not list((use_home / "nnunet").rglob("*.xml"))
 
