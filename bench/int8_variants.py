@@ -51,6 +51,9 @@ def main() -> int:
     ap.add_argument("--max-drop", nargs="+", default=["none", "0.005"])
     ap.add_argument("--out", type=Path, default=Path("bench/work/int8_variants"))
     args = ap.parse_args()
+    import os
+
+    os.environ["TOTALSEG_HOME_DIR"] = str(args.home.resolve())  # the home's own tasks (custom_tasks.json)
     from totalseg import Predictor
     from totalseg.predict import int8_engine
 

@@ -6,6 +6,7 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from conftest import DATA, REF, _copy_home
 from totalseg.errors import UserError
@@ -75,6 +76,25 @@ def test_int8_end_to_end_cached_and_close_to_exact(home, tmp_path, monkeypatch):
     agreement, foreground = (int8 == exact).mean(), (int8 == exact)[exact > 0].mean()
     print(f"\nint8 vs exact: {agreement:.5%} of {exact.size} voxels, {foreground:.3%} of exact's foreground equal")
     assert agreement >= AGREEMENT and foreground >= FOREGROUND_AGREEMENT
+
+
+def test_accuracy_aware_mode_is_its_own_cached_model(tmp_path, monkeypatch):
+    """With MAX_DROP set, NNCF's accuracy-aware mode calibrates (measured against the float trunk's labels) and
+    the result is cached under another name than plain quantization's; None (the default) never uses it."""
+    from totalseg.predict.model import load_model
+
+    folder = next((DATA / "fake_weights_tiny" / "nnunet" / "results").glob("Dataset297_*/*"))
+    model = load_model(folder, "3d_fullres", (0,))
+    calls = []
+    real = int8_engine.quantize_with_control
+    monkeypatch.setattr(int8_engine, "quantize_with_control", lambda *a: calls.append(a[-1]) or real(*a))
+    names = []
+    for drop in (None, 0.01):
+        monkeypatch.setattr(int8_engine, "MAX_DROP", drop)
+        net = int8_engine.Int8Network(model.networks[0], model.plans, tmp_path)
+        names.append(net.int8_path.name)
+        assert net.calibrated and net(torch.zeros(1, 1, *model.plans.patch_size)).shape[1] == 118
+    assert calls == [0.01] and names[0] != names[1] and all(n.endswith(".xml") for n in names)
 
 
 def test_int8_refused_without_nncf(home, monkeypatch, capsys):
