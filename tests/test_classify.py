@@ -277,3 +277,28 @@ def test_phase_runs_models_as_official(monkeypatch):
     neck = {name: {"intensity": 300.0} for name in phase_mod.NECK_VESSELS}
     assert with_neck == phase_mod.predict(phase_mod.features(brain_stats, neck), boosters)
     assert with_neck != phase_mod.predict(phase_mod.features(brain_stats), boosters)
+
+
+def test_phase_of_a_dicom_zip_is_that_of_its_nifti(use_home, tmp_path):
+    """totalseg_get_phase -i takes a DICOM series as a .zip (as the official): the models run on the series, and
+    the phase is the one of the same CT given as NIfTI (the fake weights' statistics; real classifiers)."""
+    import zipfile
+
+    dicom = REF / "example_ct_dicom"
+    if not dicom.is_dir():
+        pytest.skip("example_ct_dicom is not available")
+    archive = tmp_path / "ct.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for path in sorted(dicom.iterdir()):
+            z.write(path, f"series/{path.name}")
+    nifti = tmp_path / "ct.nii.gz"
+    from totalseg.load.dicom import load_dicom
+
+    image = load_dicom(archive)
+    nib.save(nib.Nifti1Image(image.volume.data, image.volume.affine, image.header), nifti)
+    results = []
+    for source in (archive, nifti):
+        out = tmp_path / f"{source.name}.json"
+        assert phase_cli.main(["-i", str(source), "-o", str(out), "-m", str(CLASSIFIERS), "-d", "cpu", "-q"]) == 0
+        results.append(json.loads(out.read_text()))
+    assert results[0] == results[1] and set(results[0]) >= {"pi_time", "phase", "probability"}

@@ -14,7 +14,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="totalseg_get_phase",
                                 description="Predict the contrast phase (time since injection) of a CT.")
     p.add_argument("-i", metavar="filepath", dest="input", type=Path,
-                   help="CT image (.nii/.nii.gz); may be left out with -s when the brain is not in view")
+                   help="CT image (.nii/.nii.gz, or a DICOM folder or .zip); may be left out with -s when the "
+                        "brain is not in view")
     p.add_argument("-o", metavar="filepath", dest="output", type=Path, required=True, help="output JSON file")
     p.add_argument("-m", metavar="path", dest="model", type=Path,
                    help="classifier: the official contrast_phase_classifiers_2024_07_19.pkl or a folder with "
