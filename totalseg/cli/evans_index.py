@@ -25,10 +25,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def load_ct(path: Path):
-    """The CT as a nibabel image: NIfTI, or DICOM (a .zip or a folder) read by this package's reader."""
+    """The CT (checked to exist by the caller) as a nibabel image: NIfTI, or DICOM (a .zip or a folder) read by
+    this package's reader."""
     import nibabel as nib
 
-    check_paths(path, None, "", "; give a head CT (.nii.gz, .nii or a DICOM .zip)")
     if path.name.endswith((".nii", ".nii.gz")):
         from totalseg.load.nifti import load_nifti
         source = load_nifti(path)

@@ -85,19 +85,26 @@ def _quiet_nncf():
             logger.setLevel(level)
 
 
+def _settings(patterns, tiles) -> tuple[dict, object]:
+    """The quantizer's options shared by both modes (preset, layers kept in f32, ...) and its advanced parameters
+    (the activation ranges), which the two NNCF functions take under different names."""
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    ranges = getattr(RangeEstimatorParametersSet, RANGES.upper())
+    return (dict(preset=nncf.QuantizationPreset(PRESET), subset_size=len(tiles), fast_bias_correction=True,
+                 ignored_scope=nncf.IgnoredScope(patterns=list(patterns), validate=False)),
+            AdvancedQuantizationParameters(activations_range_estimator_params=ranges))
+
+
 def quantize(model, tiles, patterns):
     """``model`` (OpenVINO, f32) with int8 convolutions, calibrated on ``tiles``; ``patterns`` stay f32."""
     with _quiet_nncf():
         import nncf
-        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
-        from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
-        ranges = getattr(RangeEstimatorParametersSet, RANGES.upper())
-        return nncf.quantize(model, nncf.Dataset(tiles), preset=nncf.QuantizationPreset(PRESET),
-                             subset_size=len(tiles), fast_bias_correction=True,
-                             ignored_scope=nncf.IgnoredScope(patterns=list(patterns), validate=False),
-                             advanced_parameters=AdvancedQuantizationParameters(
-                                 activations_range_estimator_params=ranges))
+        settings, advanced = _settings(patterns, tiles)
+        return nncf.quantize(model, nncf.Dataset(tiles), advanced_parameters=advanced, **settings)
 
 
 def quantize_with_control(model, tiles, patterns, head, max_drop: float):
@@ -119,16 +126,11 @@ def quantize_with_control(model, tiles, patterns, head, max_drop: float):
 
     with _quiet_nncf():
         import nncf
-        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
-        from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
-        ranges = getattr(RangeEstimatorParametersSet, RANGES.upper())
-        return nncf.quantize_with_accuracy_control(
-            model, nncf.Dataset(pairs, lambda pair: pair[0]), nncf.Dataset(pairs, lambda pair: pair[0]),
-            agreement, max_drop=max_drop, preset=nncf.QuantizationPreset(PRESET), subset_size=len(tiles),
-            ignored_scope=nncf.IgnoredScope(patterns=list(patterns), validate=False),
-            advanced_quantization_parameters=AdvancedQuantizationParameters(
-                activations_range_estimator_params=ranges))
+        settings, advanced = _settings(patterns, tiles)
+        data = nncf.Dataset(pairs, lambda pair: pair[0])
+        return nncf.quantize_with_accuracy_control(model, data, data, agreement, max_drop=max_drop,
+                                                   advanced_quantization_parameters=advanced, **settings)
 
 
 class Int8Network(fast_engine.FastNetwork):
