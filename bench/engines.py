@@ -49,18 +49,17 @@ def _dice_summary(res: dict) -> dict:
             "dice": per_class}
 
 
-def _trained_classes(reference: Path, first: dict, agreement: dict) -> dict:
-    """The fast and int8 engines' agreement with exact over the classes exact segments with Dice > 0.5
-    against ``reference`` (the issue's acceptance: per-class Dice >= 0.98 there)."""
-    against = compare.compare_images(reference, first["exact"], True)["dice"]
+def _trained_classes(reference: Path, exact: Path, against_exact: dict) -> dict:
+    """The fast and int8 engines' agreement with exact (``against_exact``: their compare_images results) over the
+    classes exact segments with Dice > 0.5 against ``reference`` (the issue's acceptance: Dice >= 0.98 there)."""
+    against = compare.compare_images(reference, exact, True)["dice"]
     trained = sorted((k for k, d in against.items() if d["dice"] > 0.5), key=int)
     out = {}
-    for tool in ("fast", "int8"):
-        if tool in first and trained:
-            every = compare.compare_images(first["exact"], first[tool], True)["dice"]
-            dice = {k: every[k]["dice"] if k in every else 0.0 for k in trained}
+    for tool, res in against_exact.items():
+        if trained:
+            dice = {k: res["dice"][k]["dice"] if k in res["dice"] else 0.0 for k in trained}
             out[f"{tool} vs exact, trained classes"] = {
-                "equal_voxels": agreement[f"{tool} vs exact"]["equal_voxels"], "labels": len(dice),
+                "equal_voxels": res["equal_fraction"], "labels": len(dice),
                 "dice_min": min(dice.values()), "dice_mean": statistics.fmean(dice.values()), "dice": dice,
                 "exact_vs_reference": {k: against[k]["dice"] for k in trained}}
     return out
@@ -127,17 +126,17 @@ def main(argv: list[str] | None = None) -> int:
     summary = {t: compare.summarize(r) for t, r in runs.items()}
     per_label = compare.wants_ml(options)
     first = {t: Path(runs[t][0]["output"]) for t in tools}
-    agreement = {}
+    agreement, against_exact = {}, {}
     if per_label and "exact" in first:  # one multilabel file each
         for tool in ("fast", "int8"):
             if tool in first:
-                agreement[f"{tool} vs exact"] = _dice_summary(
-                    compare.compare_images(first["exact"], first[tool], True))
+                against_exact[tool] = compare.compare_images(first["exact"], first[tool], True)
+                agreement[f"{tool} vs exact"] = _dice_summary(against_exact[tool])
         if "official" in first:
             agreement["exact vs official"] = _dice_summary(
                 compare.compare_images(first["official"], first["exact"], True))
     if args.reference is not None and "exact" in first:
-        agreement.update(_trained_classes(args.reference, first, agreement))
+        agreement.update(_trained_classes(args.reference, first["exact"], against_exact))
     _print(summary, agreement)
     (out / "results.json").write_text(json.dumps(
         {"input": str(args.input), "warmup_input": str(warmup_args.input), "options": options,
