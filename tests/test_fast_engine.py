@@ -276,8 +276,10 @@ def test_pointwise_head_equals_the_segmentation_layer_on_slabs():
         head(torch.randn(2, 32, 4, 4, 4))
 
 
-def test_pointwise_head_labels_are_the_argmax_of_its_output():
-    """``labels`` (voxels first, for the summed features) is the argmax over classes of the layer's output."""
+def test_pointwise_head_labels_are_the_argmax_of_its_output(monkeypatch):
+    """``labels`` (voxels first, for the summed features) is the argmax over classes of the layer's output, in
+    blocks of voxels (here 100: ten and a bit) and from fp16 sums as from their float32 values."""
+    monkeypatch.setattr(fast_engine, "LABEL_BLOCK", 100)
     torch.manual_seed(1)
     features = torch.randn(32, 24, 9, 7, dtype=torch.float32)
     for bias in (True, False):
@@ -285,18 +287,26 @@ def test_pointwise_head_labels_are_the_argmax_of_its_output():
         slab = features[:, 4:20]  # a view of a window, as the sums hand it over
         want = head(slab[None])[0].argmax(0)
         assert torch.equal(head.labels(slab), want) and len(torch.unique(want)) > 10
+        half = slab.half()
+        assert torch.equal(head.labels(half), head(half.float()[None])[0].argmax(0))
 
 
-def test_fast_labels_are_the_argmax_of_the_averaged_logits(model, ct_tiles, tmp_path):
-    """With a bf16 or int8 trunk the fast engines sum weighted feature maps, not logits, and apply the (linear)
-    segmentation layer once to their average: the labels are those of the Gaussian-averaged logits, computed
-    here in float64 from each tile's whole output (near-ties apart: float32 against float64 sums)."""
-    from totalseg.predict.sliding_window import Runner, gaussian_weights, predict_labels, tile_grid
+@pytest.mark.parametrize("axis", [0, 1])
+def test_fast_labels_are_the_argmax_of_the_averaged_logits(model, ct_tiles, tmp_path, axis):
+    """With a bf16 or int8 trunk the fast engines sum weighted feature maps in fp16, not logits, streamed along
+    the axis of smallest cross-section (the first one here, or the second), and apply the (linear) segmentation
+    layer once to their average: the labels are those of the Gaussian-averaged logits, computed here in float64
+    from each tile's whole output, but where fp16's rounding decides a near-tie, or where the weights of the
+    tiles covering a voxel are too small for fp16's normal range (a volume's edges and corners, only ever
+    covered by tile corners: fp16 logit sums, the exact engine's and nnU-Net's, are as coarse there)."""
+    from totalseg.predict.sliding_window import Runner, gaussian_weights, predict_labels, streaming_order, tile_grid
 
     patch = model.plans.patch_size
     fast = fast_engine.FastNetwork(model.networks[0], patch, 1, tmp_path, precision="f32")
     fast.precision = "bf16"  # the path of the coarser trunks (bf16, int8), computed in f32 on any CPU
-    data = torch.cat([ct_tiles[0], ct_tiles[1][:, : patch[0] // 2]], dim=1).numpy()  # 1.5 patches deep
+    half = ct_tiles[1][(slice(None),) * (1 + axis) + (slice(0, patch[axis] // 2),)]
+    data = torch.cat([ct_tiles[0], half], dim=1 + axis).numpy()  # 1.5 patches along ``axis``
+    assert streaming_order(data.shape[1:])[0] == axis
     labels = predict_labels(Runner([fast], "cpu"), data, patch, 0.5, 1, np.uint8)
     weight = gaussian_weights(tuple(patch)).astype(np.float64)
     sums = np.zeros((fast.head.out_channels, *data.shape[1:]))
@@ -307,6 +317,12 @@ def test_fast_labels_are_the_argmax_of_the_averaged_logits(model, ct_tiles, tmp_
         out = _run(fast, torch.from_numpy(data[(slice(None), *tile)][None]))[0].double().numpy()
         sums[(slice(None), *tile)] += out * weight
         norm[tile] += weight
-    want = (sums / norm).argmax(0)
-    assert labels.shape == want.shape and labels.dtype == np.uint8
-    assert (labels == want).mean() > 0.9999 and len(np.unique(want)) > 10
+    logits = sums / norm
+    want = logits.argmax(0)
+    assert labels.shape == want.shape and labels.dtype == np.uint8 and len(np.unique(want)) > 10
+    gap = logits.max(0) - np.take_along_axis(logits, labels[None].astype(np.int64), 0)[0]
+    normal = norm >= 2.0 ** -14  # weight sums in fp16's normal range: all but the volume's edges and corners
+    print(f"\nequal {(labels == want).mean():.4%} ({(labels == want)[normal].mean():.4%} where the weights sum to a "
+          f"normal fp16), largest gap there {gap[normal].max():.3g} of a range {np.ptp(logits):.3g}")
+    assert normal.mean() > 0.8 and gap[normal].max() < np.ptp(logits) * 2 ** -12
+    assert (labels == want).mean() > 0.995

@@ -161,6 +161,9 @@ def split_head(net):
     return Trunk().eval(), PointwiseHead(net.decoder.seg_layers[-1])
 
 
+LABEL_BLOCK = 1 << 17  # voxels a label product covers: 62 MB of float32 scores for 118 classes
+
+
 class PointwiseHead:
     """A 1x1x1 segmentation layer computed as one matrix product (weights x voxels) per call.
 
@@ -185,13 +188,18 @@ class PointwiseHead:
 
     def labels(self, features):
         """The argmax over classes (int64, *spatial) of the layer's output for features (in_channels, *spatial),
-        voxels first: the classes of a voxel are adjacent in memory, so argmax reads them in one run."""
+        voxels first: the classes of a voxel are adjacent in memory, so argmax reads them in one run. Blocks of
+        LABEL_BLOCK voxels, in float32 (features may be fp16 sums): the class scores never exist whole."""
         import torch
 
         voxels = features.reshape(self.in_channels, -1).T  # a transposed view; the product reads it as such
         weight = self.weight.T
-        out = voxels @ weight if self.bias is None else torch.addmm(self.bias.T, voxels, weight)
-        return out.argmax(1).reshape(features.shape[1:])
+        labels = torch.empty(voxels.shape[0], dtype=torch.int64)
+        for start in range(0, voxels.shape[0], LABEL_BLOCK):
+            block = voxels[start:start + LABEL_BLOCK].float()
+            out = block @ weight if self.bias is None else torch.addmm(self.bias.T, block, weight)
+            labels[start:start + LABEL_BLOCK] = out.argmax(1)
+        return labels.reshape(features.shape[1:])
 
 
 def _trace_shape(net, patch) -> tuple[int, ...]:
@@ -303,10 +311,13 @@ def read_ir(xml: Path, in_channels: int, patch):
 class FastNetwork:
     """``net`` compiled by OpenVINO for tiles of shape (1, in_channels, *patch); called like ``net``.
 
-    ``head``: the segmentation layer, run by torch on ``features`` (see split_head), or None."""
+    ``head``: the segmentation layer, run by torch on ``features`` (see split_head), or None. ``half_features``:
+    whether ``features`` come as float16 (default: for a bf16 trunk with a head, whose features the sliding
+    window sums in fp16 anyway; half the memory of a float32 tile and no conversion)."""
 
     def __init__(self, net, patch: tuple[int, ...], in_channels: int, cache_dir: Path | None,
-                 precision: str | None = None, threads: int | None = None) -> None:
+                 precision: str | None = None, threads: int | None = None,
+                 half_features: bool | None = None) -> None:
         if precision is not None and precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r} (one of {', '.join(PRECISIONS)})")
         if not available():
@@ -319,6 +330,8 @@ class FastNetwork:
         requested = precision or default_precision()
         self._threads = int(threads or torch.get_num_threads())
         trunk, self.head = split_head(net)
+        half = requested != "f32" if half_features is None else half_features
+        self._half_features = half and self.head is not None
         cache = _writable_folder(Path(cache_dir)) if cache_dir is not None else None
         self.ir_path = self._whole_ir = None  # _whole_ir: what earlier releases cached for this network
         if cache is not None:
@@ -346,6 +359,12 @@ class FastNetwork:
         }
         if compiled_dir is not None:
             config["CACHE_DIR"] = str(compiled_dir)
+        if self._half_features:
+            from openvino.preprocess import PrePostProcessor
+
+            steps = PrePostProcessor(model)
+            steps.output(0).tensor().set_element_type(self._ov.Type.f16)
+            model = steps.build()
         return _core().compile_model(model, "CPU", config)
 
     def _load(self, net, precision: str, compiled_dir: Path | None):
@@ -377,7 +396,7 @@ class FastNetwork:
         if self.head is None:
             return out
         with torch.inference_mode():
-            return self.head(out)
+            return self.head(out.float())
 
     def release_memory(self) -> None:
         """Free OpenVINO's buffers for intermediate results (about 0.5 GB for a 1.5 mm network) until the
@@ -388,14 +407,15 @@ class FastNetwork:
 
     def features(self, tile):
         """What OpenVINO computes for a float32 tile (1, in_channels, *patch): the last decoder feature map
-        (1, channels, *patch) when ``head`` is the segmentation layer, else the network's output."""
+        (1, channels, *patch; float16 with ``half_features``) when ``head`` is the segmentation layer, else the
+        network's output (float32)."""
         import torch
 
         x = tile.detach().to(device="cpu", dtype=torch.float32).contiguous()
         if tuple(x.shape) != self._in_shape:
             raise ValueError(f"tile shape {tuple(x.shape)} is not the compiled {self._in_shape}")
         # A new output tensor per call, written by OpenVINO in place: the caller may keep or modify it.
-        out = torch.empty(self._out_shape, dtype=torch.float32)
+        out = torch.empty(self._out_shape, dtype=torch.float16 if self._half_features else torch.float32)
         with self._lock:
             self._request.set_output_tensor(0, self._ov.Tensor(out.numpy(), shared_memory=True))
             self._request.infer({0: x.numpy()}, share_inputs=True)

@@ -150,7 +150,8 @@ class Int8Network(fast_engine.FastNetwork):
         self._patterns = patterns
         self.int8_path = None
         self.calibrated = False  # whether this construction calibrated (False: read from the cache)
-        super().__init__(net, plans.patch_size, plans.num_input_channels, cache_dir, "f32", threads)
+        super().__init__(net, plans.patch_size, plans.num_input_channels, cache_dir, "f32", threads,
+                         half_features=True)
         self.precision = "int8"
 
     def _load(self, trunk, precision: str, compiled_dir: Path | None):

@@ -15,6 +15,7 @@ they were. Use one predictor from one thread at a time.
 """
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from functools import partial
@@ -66,6 +67,17 @@ def _tile_bar(name: str, total: int):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=f"  {name}", unit="tile", file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+def return_freed_memory() -> None:
+    """Hand the C heap's free pages back to the system (glibc's ``malloc_trim``; elsewhere nothing): what one
+    model's run freed in pieces would otherwise stay in the process, and the next model's peak adds to it."""
+    import ctypes
+
+    if sys.platform.startswith("linux"):
+        trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # the process's own symbols: glibc's, not musl's
+        if trim is not None:
+            trim(0)
 
 
 class _Entry:
@@ -157,6 +169,8 @@ class Predictor:
             networks = [net.to(self.device) for net in networks]
         elif self.engine in ("fast", "int8"):
             networks = self._fast_networks(loaded, model)
+            del loaded.networks[:]
+            gc.collect()  # torch networks sit in reference cycles: freed now, not at some later collection
         checks = KernelChecks(self.home / "kernel_checks" / f"{model.folder}.json")
         bar = partial(_tile_bar, model.folder) if self.progress_bars else None
         return _Entry(loaded, Runner(networks, self.device, checks, self.notice, bar))
@@ -186,6 +200,7 @@ class Predictor:
                 return nnunet.segment(data, spacing, entry.plans, entry.runner, step)
             finally:
                 entry.release_memory()
+                return_freed_memory()
 
     @contextmanager
     def model_run(self, model: Model, folds: tuple[int, ...] | None) -> Iterator[tuple]:
