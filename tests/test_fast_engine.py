@@ -272,6 +272,7 @@ def test_pointwise_head_equals_the_segmentation_layer_on_slabs():
                 assert got.shape == want.shape == (1, 5, z.stop - z.start, 9, 7)
                 assert torch.allclose(got, want, rtol=0, atol=1e-5)
                 assert not torch.equal(got, torch.zeros_like(got))
+                assert torch.equal(head(slab.half()), head(slab.half().float()))  # fp16 features, as float32
     with pytest.raises(ValueError, match="one tile"):
         head(torch.randn(2, 32, 4, 4, 4))
 
@@ -289,6 +290,27 @@ def test_pointwise_head_labels_are_the_argmax_of_its_output(monkeypatch):
         assert torch.equal(head.labels(slab), want) and len(torch.unique(want)) > 10
         half = slab.half()
         assert torch.equal(head.labels(half), head(half.float()[None])[0].argmax(0))
+
+
+def test_half_features_feed_the_averaged_logits_too(model, ct_tiles, tmp_path):
+    """fp16 features (a bf16 or int8 trunk's) also feed the averaged-logits path (models nnU-Net resamples
+    itself, ensembles of folds): the segmentation layer takes them as float32, and the logits stay within fp16
+    rounding of those from float32 features."""
+    from totalseg.predict.sliding_window import Runner, predict_logits
+
+    patch = model.plans.patch_size
+    data = torch.cat([ct_tiles[0], ct_tiles[1][:, : patch[0] // 2]], dim=1).numpy()
+    plain = fast_engine.FastNetwork(model.networks[0], patch, 1, tmp_path, precision="f32")
+    half = fast_engine.FastNetwork(model.networks[0], patch, 1, tmp_path, precision="f32", half_features=True)
+    assert half.features(ct_tiles[:1]).dtype == torch.float16 and half(ct_tiles[:1]).dtype == torch.float32
+    heads = model.plans.num_heads
+    want = predict_logits(Runner([plain], "cpu"), data, patch, 0.5, heads).float()
+    got = predict_logits(Runner([half], "cpu"), data, patch, 0.5, heads).float()
+    diff, scale = (got - want).abs(), want.abs().max().item()
+    # the 99th percentile: at the volume's edges the fp16 logit sums are coarse either way (see the next test)
+    typical = torch.quantile(diff.flatten()[::7], 0.99).item()
+    print(f"\ndifference: 99th percentile {typical:.3g}, largest {diff.max():.3g}, of logits up to {scale:.3g}")
+    assert 0 < typical < scale * 2 ** -8 and (got.argmax(0) == want.argmax(0)).double().mean() > 0.995
 
 
 @pytest.mark.parametrize("axis", [0, 1])

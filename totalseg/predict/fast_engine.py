@@ -183,6 +183,7 @@ class PointwiseHead:
         if x.shape[0] != 1:
             raise ValueError(f"one tile at a time (got a batch of {x.shape[0]})")
         voxels = x[0].reshape(self.in_channels, -1)  # a view for slabs of a contiguous feature map
+        voxels = voxels.to(self.weight.dtype)  # fp16 features (half_features): a float32 copy of the slab
         out = self.weight @ voxels if self.bias is None else torch.addmm(self.bias, self.weight, voxels)
         return out.reshape(1, self.out_channels, *x.shape[2:])
 
