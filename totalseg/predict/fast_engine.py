@@ -397,7 +397,7 @@ class FastNetwork:
         if self.head is None:
             return out
         with torch.inference_mode():
-            return self.head(out.float())
+            return self.head(out)
 
     def release_memory(self) -> None:
         """Free OpenVINO's buffers for intermediate results (about 0.5 GB for a 1.5 mm network) until the
