@@ -498,14 +498,14 @@ def streaming_order(shape) -> tuple[int, ...]:
     return (first, *(a for a in range(len(shape)) if a != first))
 
 
-@dataclass(frozen=True)
 class _WeightedFeatures:
     """The fast engine's tiles as weighted last feature maps in fp16, whole tiles in order (for _FeatureSums),
-    with their axes in ``order``: tiles and weight are given in that order, the network sees its own. Tiles
-    are weighted in their own dtype, and float32 ones copied into one fp16 buffer: torch adds a float32 tile
-    into fp16 sums, or multiplies fp16 by float32 in place, through temporary float32 copies of the whole tile."""
+    with their axes in ``order``: tiles are given in that order, the network and ``weight`` (its Gaussian, fp16)
+    are in its own. A float32 tile is copied into one fp16 buffer: torch adds float32 into fp16 sums through
+    temporary float32 copies of the whole tile."""
 
-    order: tuple[int, ...]
+    def __init__(self, order: tuple[int, ...], weight) -> None:
+        self.order, self.weight = order, weight
 
     def workers(self, net, volume, tiles) -> int:
         return 1
@@ -515,12 +515,10 @@ class _WeightedFeatures:
 
         whole = slice(0, weight.shape[0])
         back = tuple(int(a) for a in np.argsort(self.order))
-        own_weight, buffer = weight.permute(back).contiguous(), None
+        buffer = None
         for i, tile in enumerate(tiles):
             out = net.features(_tile_input(volume, tuple(tile[a] for a in back)))[0]
-            if own_weight.dtype != out.dtype:
-                own_weight = own_weight.to(out.dtype)
-            out *= own_weight
+            out *= self.weight
             out = out.permute(0, *(1 + a for a in self.order))  # a view: the sums read it in this order
             if out.dtype != torch.float16:
                 if buffer is None:
@@ -529,15 +527,15 @@ class _WeightedFeatures:
             yield i, whole, out
 
 
-def _feature_labels(runner: Runner, volume, weight, patch, step: float, dtype, tile_done) -> np.ndarray:
+def _feature_labels(net, volume, weight, patch, step: float, dtype, tile_done) -> np.ndarray:
     """Labels of a bf16 or int8 trunk from _FeatureSums streamed along :func:`streaming_order`'s first axis."""
-    net, shape = runner.networks[0], volume.shape[1:]
+    shape = volume.shape[1:]
     order = streaming_order(shape)
     ordered = [shape[a] for a in order]
     sums = _FeatureSums(net.head, ordered, patch[order[0]], dtype)
     tiles = tile_grid(ordered, [patch[a] for a in order], step)  # the streamed axis outermost
-    weight = weight.permute(order).contiguous()
-    _accumulate(_WeightedFeatures(order), net, volume, tiles, weight, sums, tile_done)
+    forward = _WeightedFeatures(order, weight)
+    _accumulate(forward, net, volume, tiles, weight.permute(order).contiguous(), sums, tile_done)
     return sums.labels.transpose(np.argsort(order))
 
 
@@ -548,7 +546,7 @@ def _streamed_labels(runner: Runner, data, patch, step: float, num_heads: int, d
     net, forward = runner.networks[0], runner.forward
     with torch.inference_mode(), _tile_counter(runner, len(tiles)) as tile_done:
         if isinstance(forward, FastForward) and net.head is not None and net.precision != "f32":
-            labels = _feature_labels(runner, volume, weight, patch, step, dtype, tile_done)
+            labels = _feature_labels(net, volume, weight, patch, step, dtype, tile_done)
         else:
             sums = _StreamedSums(num_heads, volume.shape[1:], patch[0], dtype, results)
             _accumulate(forward, net, volume, tiles, weight, sums, tile_done)
