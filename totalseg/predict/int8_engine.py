@@ -16,6 +16,7 @@ import importlib.util
 import logging
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -23,17 +24,47 @@ from totalseg.errors import UserError
 from totalseg.predict import fast_engine
 
 INSTALL_HINT = 'the int8 engine needs OpenVINO and NNCF: pip install "totalseg[fast]"'
-# Kept in f32 (a pattern on OpenVINO node names of the traced trunk), chosen by measurement (bench/README.md,
-# "int8 engine"): the first convolution, whose input is the CT itself (one channel: a negligible share of the
-# work). Keeping the full-resolution decoder stage too gained 0.17 % of voxels for 20-45 % more time a tile.
-IGNORED_PATTERNS = (r".*encoder\.stages\.0\.0\.convs\.0\..*",)
-PRESET = "mixed"  # asymmetric activations: LeakyReLU outputs are far from symmetric around zero
-# Activation ranges from quantiles rather than min/max: a few extreme activations otherwise widen the int8 step
-# for all the others (measured: more voxels agree with f32, bench/README.md "int8 engine").
-RANGES = "mean_quantile"
-# NNCF's accuracy-aware mode when set: quantized layers go back to f32, the most harmful first, until the argmax
-# agreement with the float model on the calibration tiles has dropped by at most this fraction; None: plain PTQ.
-MAX_DROP: float | None = None
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """How NNCF quantizes a trunk; every field goes into the cached model's name (``text``).
+
+    The defaults were chosen by measurement on a trained 6 mm testbed (bench/README.md, "Session 13"):
+    - ignored_patterns: OpenVINO node names kept in f32: the first convolution, whose input is the CT itself (one
+      channel), and the two decoder stages of lowest resolution (a small share of the work; each of the other
+      stages alone mattered less);
+    - ignored_types: operation types left unquantized. MVN (instance normalisation): NNCF would otherwise
+      quantize each convolution's raw output per tensor before it is normalised per channel, scaling a quiet
+      channel's rounding error up with it; ConvolutionBackpropData (the decoder's transposed convolutions,
+      kernel 2 stride 2, a small share of the work);
+    - preset ``mixed``: asymmetric activations (LeakyReLU outputs are far from symmetric around zero);
+    - ranges ``minmax``: with the two types above left unquantized, the activations' whole range beat quantiles
+      (which had been better while the raw convolution outputs were quantized);
+    - max_drop: NNCF's accuracy-aware mode when set: quantized layers go back to f32, the most harmful first,
+      until the argmax agreement with the float model on the calibration tiles has dropped by at most this
+      fraction; None: plain post-training quantization;
+    - fast_bias_correction: NNCF's fast bias correction (False: its slower full one)."""
+
+    ignored_patterns: tuple[str, ...] = (r".*encoder\.stages\.0\.0\.convs\.0\..*",
+                                         r".*decoder\.stages\.[01]\.convs\..*")
+    ignored_types: tuple[str, ...] = ("MVN", "ConvolutionBackpropData")
+    preset: str = "mixed"
+    ranges: str = "minmax"
+    max_drop: float | None = None
+    fast_bias_correction: bool = True
+
+    def text(self, shape) -> str:
+        """The options and the calibration tiles' shape as text, hashed into the cached model's name."""
+        parts = [f"preset={self.preset}", f"ranges={self.ranges}", f"ignored={'|'.join(self.ignored_patterns)}"]
+        if self.ignored_types:
+            parts.append(f"ignored_types={'|'.join(self.ignored_types)}")
+        parts.append(f"tile={shape}")
+        if self.max_drop is not None:
+            parts.append(f"max_drop={self.max_drop}")
+        if not self.fast_bias_correction:
+            parts.append("bias_correction=full")
+        return ";".join(parts)
 
 
 def missing() -> str | None:
@@ -45,12 +76,6 @@ def missing() -> str | None:
         except (ImportError, ValueError):
             return INSTALL_HINT
     return None
-
-
-def settings_text(patterns, shape) -> str:
-    """The quantizer's options and the calibration tiles' shape as text, hashed into the cached model's name."""
-    control = "" if MAX_DROP is None else f";max_drop={MAX_DROP}"
-    return f"preset={PRESET};ranges={RANGES};ignored={'|'.join(patterns)};tile={shape}{control}"
 
 
 def calibration_shape(trunk, patch) -> tuple[int, ...]:
@@ -85,31 +110,33 @@ def _quiet_nncf():
             logger.setLevel(level)
 
 
-def _settings(patterns, tiles) -> tuple[dict, object]:
+def _settings(quantization: Quantization, tiles) -> tuple[dict, object]:
     """The quantizer's options shared by both modes (preset, layers kept in f32, ...) and its advanced parameters
     (the activation ranges), which the two NNCF functions take under different names."""
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
-    ranges = getattr(RangeEstimatorParametersSet, RANGES.upper())
-    return (dict(preset=nncf.QuantizationPreset(PRESET), subset_size=len(tiles), fast_bias_correction=True,
-                 ignored_scope=nncf.IgnoredScope(patterns=list(patterns), validate=False)),
+    q = quantization
+    ranges = getattr(RangeEstimatorParametersSet, q.ranges.upper())
+    ignored = nncf.IgnoredScope(patterns=list(q.ignored_patterns), types=list(q.ignored_types), validate=False)
+    return (dict(preset=nncf.QuantizationPreset(q.preset), subset_size=len(tiles),
+                 fast_bias_correction=q.fast_bias_correction, ignored_scope=ignored),
             AdvancedQuantizationParameters(activations_range_estimator_params=ranges))
 
 
-def quantize(model, tiles, patterns):
-    """``model`` (OpenVINO, f32) with int8 convolutions, calibrated on ``tiles``; ``patterns`` stay f32."""
+def quantize(model, tiles, quantization: Quantization):
+    """``model`` (OpenVINO, f32) with int8 convolutions, calibrated on ``tiles``."""
     with _quiet_nncf():
         import nncf
 
-        settings, advanced = _settings(patterns, tiles)
+        settings, advanced = _settings(quantization, tiles)
         return nncf.quantize(model, nncf.Dataset(tiles), advanced_parameters=advanced, **settings)
 
 
-def quantize_with_control(model, tiles, patterns, head, max_drop: float):
-    """``quantize`` with NNCF's accuracy control: the metric is the share of voxels whose argmax over classes
-    (``head`` on the trunk's features) equals the float model's, on ``tiles``."""
+def quantize_with_control(model, tiles, quantization: Quantization, head):
+    """``quantize`` with NNCF's accuracy control (``quantization.max_drop``): the metric is the share of voxels
+    whose argmax over classes (``head`` on the trunk's features) equals the float model's, on ``tiles``."""
     import torch
 
     core = fast_engine._openvino().Core()
@@ -127,9 +154,9 @@ def quantize_with_control(model, tiles, patterns, head, max_drop: float):
     with _quiet_nncf():
         import nncf
 
-        settings, advanced = _settings(patterns, tiles)
+        settings, advanced = _settings(quantization, tiles)
         data = nncf.Dataset(pairs, lambda pair: pair[0])
-        return nncf.quantize_with_accuracy_control(model, data, data, agreement, max_drop=max_drop,
+        return nncf.quantize_with_accuracy_control(model, data, data, agreement, max_drop=quantization.max_drop,
                                                    advanced_quantization_parameters=advanced, **settings)
 
 
@@ -138,16 +165,17 @@ class Int8Network(fast_engine.FastNetwork):
     FastNetwork (the sliding window runs it as one).
 
     plans: the model's plans (the calibration tiles are made with them); notice: told when a model is
-    calibrated (once per machine: 1-2 minutes for an official network on 2 cores); patterns: node-name
-    patterns kept in f32 instead of IGNORED_PATTERNS (for measurements)."""
+    calibrated (once per machine: 1-2 minutes for an official network on 2 cores); quantization: NNCF's
+    options (other than the default for measurements)."""
 
     def __init__(self, net, plans, cache_dir: Path | None, threads: int | None = None,
-                 notice: Callable[[str], None] = lambda _: None, patterns: list[str] | None = None) -> None:
+                 notice: Callable[[str], None] = lambda _: None,
+                 quantization: Quantization = Quantization()) -> None:
         hint = missing()
         if hint:
             raise UserError(hint)
         self._plans, self._notice = plans, notice
-        self._patterns = patterns
+        self.quantization = quantization
         self.int8_path = None
         self.calibrated = False  # whether this construction calibrated (False: read from the cache)
         super().__init__(net, plans.patch_size, plans.num_input_channels, cache_dir, "f32", threads,
@@ -161,10 +189,9 @@ class Int8Network(fast_engine.FastNetwork):
 
         from totalseg.predict.calibration import calibration_digest, calibration_tiles
 
-        patterns = list(IGNORED_PATTERNS if self._patterns is None else self._patterns)
         in_channels, shape = self._in_shape[1], calibration_shape(trunk, self._patch)
         if self.ir_path is not None:
-            digest = calibration_digest(self._plans, settings_text(patterns, shape))
+            digest = calibration_digest(self._plans, self.quantization.text(shape))
             # NNCF's release from its metadata: importing NNCF costs 0.5 s, and a cached model does not need it
             self.int8_path = self.ir_path.with_name(int8_name(self.ir_path, version("nncf"), digest))
             model = fast_engine.read_ir(self.int8_path, in_channels, self._patch)
@@ -180,10 +207,10 @@ class Int8Network(fast_engine.FastNetwork):
         small = float_model.clone()
         small.reshape([1, in_channels, *shape])
         tiles = calibration_tiles(self._plans, in_channels, shape)
-        if MAX_DROP is not None and self.head is not None:
-            model = quantize_with_control(small, tiles, patterns, self.head, MAX_DROP)
+        if self.quantization.max_drop is not None and self.head is not None:
+            model = quantize_with_control(small, tiles, self.quantization, self.head)
         else:
-            model = quantize(small, tiles, patterns)
+            model = quantize(small, tiles, self.quantization)
         model.reshape([1, in_channels, *self._patch])  # the quantization parameters do not depend on the shape
         self.calibrated = True
         if self.int8_path is not None:

@@ -22,7 +22,7 @@ from functools import partial
 from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
@@ -32,6 +32,10 @@ from totalseg.errors import UserError
 from totalseg.notice import notice_printer, timed
 from totalseg.registry import Model
 from totalseg.run.engine import check_engine, chosen_engine, default_threads
+
+if TYPE_CHECKING:
+    from totalseg.predict.int8_engine import Quantization
+
 
 def flushing_denormals() -> bool:
     """Whether this thread flushes subnormal floats to zero (torch has no getter: a subnormal
@@ -105,12 +109,16 @@ class Predictor:
     (CPU only: OpenVINO with NNCF's 8-bit quantization, calibrated once per model; not bitwise either).
     keep_models: how many loaded models stay in memory (least recently used dropped first).
     progress_bars: a bar per model on stderr (tiles done, elapsed, ETA); None: when stderr is a terminal.
+    quantization: the int8 engine's NNCF options (``int8_engine.Quantization``; None: its measured default).
     """
 
     def __init__(self, device: str = "gpu", engine: str = "exact", threads: int | None = None,
                  keep_models: int = 1, home_dir: Path | None = None,
-                 notice: Callable[[str], None] | None = None, progress_bars: bool | None = None):
+                 notice: Callable[[str], None] | None = None, progress_bars: bool | None = None,
+                 quantization: Quantization | None = None):
         check_engine(engine)
+        if quantization is not None and engine != "int8":
+            raise UserError(f"quantization options are for the int8 engine, not --engine {engine}")
         self.notice = notice or notice_printer()
         self.device = "meta" if device == "meta" else select_device(device, self.notice)
         if engine in ("fast", "int8") and device_kind(self.device) != "cpu":
@@ -120,7 +128,7 @@ class Predictor:
 
             if hint := missing():
                 raise UserError(hint)
-        self.engine = engine
+        self.engine, self.quantization = engine, quantization
         self.threads = threads or default_threads()
         self.keep_models = max(1, keep_models)
         self.progress_bars = sys.stderr.isatty() if progress_bars is None else progress_bars
@@ -181,9 +189,11 @@ class Predictor:
         cache = self.home / "engine_cache" / model.folder / model.subfolder
         plans = loaded.plans
         if self.engine == "int8":
-            from totalseg.predict.int8_engine import Int8Network
+            from totalseg.predict.int8_engine import Int8Network, Quantization
 
-            return [Int8Network(net, plans, cache, self.threads, self.notice) for net in loaded.networks]
+            quantization = self.quantization or Quantization()
+            return [Int8Network(net, plans, cache, self.threads, self.notice, quantization)
+                    for net in loaded.networks]
         return [FastNetwork(net, plans.patch_size, plans.num_input_channels, cache, threads=self.threads)
                 for net in loaded.networks]
 
