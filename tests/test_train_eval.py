@@ -465,3 +465,26 @@ def test_bf16_trainer_steps_in_bfloat16_autocast_on_the_cpu(monkeypatch):
         trainer.train_step({})
         trainer.validation_step({})
     assert seen == [(True, torch.bfloat16)] * 2 + [(False, torch.bfloat16)] * 2
+
+
+def test_adam_trainer_fits_with_amsgrad_adamw_at_1e3(monkeypatch):
+    """nnUNetTrainerShortNoDABf16Adam: the bf16 short trainer with nnU-Net's AdamW (AMSGrad) at 1e-3, decaying
+    over the run's epochs (bench/train_fastest.py's testbed goes on with it from an SGD checkpoint)."""
+    import torch
+
+    from totalseg.train.train import TRAINERS
+
+    sys.path.insert(0, str(TRAINERS))
+    try:
+        import totalseg_short as short
+    finally:
+        sys.path.remove(str(TRAINERS))
+    monkeypatch.setattr(short.nnUNetTrainerShortNoDABf16, "__init__", lambda self, *a, **k: None)
+    trainer = short.nnUNetTrainerShortNoDABf16Adam({}, "3d_fullres", 0, {})
+    trainer.network, trainer.weight_decay, trainer.num_epochs = torch.nn.Conv3d(1, 2, 3), 3e-5, 10
+    optimizer, scheduler = trainer.configure_optimizers()
+    group = optimizer.param_groups[0]
+    assert isinstance(optimizer, torch.optim.AdamW) and group["amsgrad"] and group["lr"] == 1e-3
+    scheduler.step(5)
+    assert 0 < optimizer.param_groups[0]["lr"] < 1e-3
+    assert isinstance(trainer, short.nnUNetTrainerShortNoDABf16)  # bf16 autocast steps, one checkpoint an epoch

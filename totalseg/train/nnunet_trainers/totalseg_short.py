@@ -8,6 +8,7 @@ import os
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoDA import nnUNetTrainerNoDA
+from nnunetv2.training.nnUNetTrainer.variants.optimizer.nnUNetTrainerAdam import nnUNetTrainerAdam
 
 
 class nnUNetTrainerShort(nnUNetTrainer):
@@ -54,3 +55,17 @@ class nnUNetTrainerShortNoDABf16(nnUNetTrainerShortNoDA):
     def validation_step(self, batch: dict) -> dict:
         with self._bf16():
             return super().validation_step(batch)
+
+
+class nnUNetTrainerShortNoDABf16Adam(nnUNetTrainerShortNoDABf16):
+    """The short bf16 NoDA trainer with nnU-Net's AdamW variant (learning rate 1e-3, AMSGrad, poly decay):
+    fitting a few scans in far fewer steps than SGD's. Started from an SGD run's checkpoint
+    (``-pretrained_weights``), it takes bench/train_fastest.py's testbed past the classes SGD had learnt."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.initial_lr = 1e-3
+
+    def configure_optimizers(self):
+        return nnUNetTrainerAdam.configure_optimizers(self)
