@@ -67,6 +67,22 @@ def test_streamed_argmax_equals_whole_volume_argmax(spacing, target):
     np.testing.assert_array_equal(labels, np.argmax(whole, axis=0))
 
 
+@pytest.mark.parametrize("spacing,target", [((3.0, 3.0, 3.0), (2.5, 0.7, 0.7)), ((1.5, 1.5, 1.5), (1.0, 1.2, 1.1))])
+def test_streamed_argmax_keeps_the_first_of_tied_channels(spacing, target):
+    """Channels 1 and 3 equal to channel 0 (exact ties everywhere) and channel 2 above them in places:
+    np.argmax's first maximal channel, never a later copy."""
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=(9, 21, 17)).astype(np.float16)
+    higher = np.where(rng.random(base.shape) < 0.3, base + np.float16(1), base).astype(np.float16)
+    logits = np.stack([base, base, higher, base])
+    shape = (7, 6, 5)
+    labels = resampled_argmax(logits, shape, target, spacing, order=1, order_z=0)
+    whole = resample_data(logits, shape, target, spacing, order=1, order_z=0)
+    expected = np.argmax(whole, axis=0)
+    assert set(np.unique(expected)) == {0, 2}
+    np.testing.assert_array_equal(labels, expected)
+
+
 def test_resample_data_passes_through_when_shape_is_kept():
     data = np.ones((1, 4, 5, 6), dtype=np.float32)
     assert resample_data(data, (4, 5, 6), (1, 1, 1), (1, 1, 1)) is data
