@@ -104,13 +104,13 @@ def resample_data(data: np.ndarray, shape: Sequence[int], spacing: Sequence[floa
     return out
 
 
-def _running_argmax(channels, dtype) -> np.ndarray:
-    """np.argmax over channels given one at a time (each a one-item ``resample_slices`` stream): a channel
-    takes a voxel only where it is strictly higher, so the first maximal channel wins, as in np.argmax. Values
-    are compared in ``dtype`` (the logits' own, as nnU-Net keeps the resampled channels)."""
+def _running_argmax(channels: Iterator[np.ndarray], dtype) -> np.ndarray:
+    """np.argmax over channels given one at a time: a channel takes a voxel only where it is strictly higher, so
+    the first maximal channel wins, as in np.argmax. Values are compared in ``dtype`` (the logits' own, as
+    nnU-Net keeps the resampled channels)."""
     best = labels = None
-    for c, stream in enumerate(channels):
-        values = next(stream)[1].astype(dtype)
+    for c, channel in enumerate(channels):
+        values = channel.astype(dtype)
         if best is None:
             best, labels = values, np.zeros(values.shape, dtype=np.intp)
             continue
@@ -131,8 +131,8 @@ def resampled_argmax(logits: np.ndarray, shape: Sequence[int], spacing: Sequence
     """
     axis = separate_axis(spacing, target, force_separate_z)
     if axis is None:
-        streams = (resample_slices(logits[c], shape, None, order) for c in range(logits.shape[0]))
-        return _running_argmax(streams, logits.dtype)
+        channels = (next(resample_slices(logits[c], shape, None, order))[1] for c in range(logits.shape[0]))
+        return _running_argmax(channels, logits.dtype)
     labels = np.empty(tuple(shape), dtype=np.intp)
     streams = [resample_slices(logits[c], shape, axis, order, order_z) for c in range(logits.shape[0])]
     plane_shape = tuple(s for a, s in enumerate(shape) if a != axis)
