@@ -55,6 +55,23 @@ def _wait_ready(driver, timeout: float = 120.0) -> dict:
     pytest.fail("page not ready in time")
 
 
+def _wait_images(driver, timeout: float = 60.0) -> None:
+    """Wait until every picture of the page has loaded or failed, scrolling lazy ones into view.
+
+    The gallery is ready (interactive) before its lazily loaded tiles arrive; a slow machine shows the gap.
+    """
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        pending = driver.execute_script(
+            "const p = [...document.images].filter(i => !i.complete);"
+            " if (p.length) p[0].scrollIntoView(); return p.length")
+        if not pending:
+            driver.execute_script("window.scrollTo(0, 0)")
+            return
+        time.sleep(0.1)
+    pytest.fail("pictures not loaded in time")
+
+
 def _canvas(driver) -> np.ndarray:
     """RGB pixels of the viewer's canvas as the browser shows them (after the GPU finished)."""
     from PIL import Image
@@ -291,6 +308,7 @@ def test_gallery_in_browser(browser, gallery, tmp_path):
     requested_urls(browser)
     browser.get(gallery.as_uri())
     _wait_ready(browser)
+    _wait_images(browser)
     tiles = browser.execute_script(
         "return [...document.querySelectorAll('.tile')].map(t => [t.dataset.case, t.dataset.flags,"
         " t.querySelector('img').complete && t.querySelector('img').naturalWidth > 0])")
