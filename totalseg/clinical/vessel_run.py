@@ -117,6 +117,20 @@ def run_models(ct: Path, folder: Path, runs, log: Log) -> None:
     print(f"progress: {10 + 2 * len(runs)}, status: Models done", flush=True)
 
 
+def segment_first(ct: Path, folder: Path, rois: list[str], label: str, spacing: float, runs, log: Log) -> Path:
+    """``-rm``: a fast total run for ``rois``, the CT cut around them and zoomed to ``spacing``, then the
+    report's own runs; returns the zoomed CT."""
+    masks = [f"{roi}.nii.gz" for roi in rois]
+    if (folder / masks[0]).exists():
+        log(f"  Skipping TotalSeg {label} fast (already exists)")
+    else:
+        segment(ct, folder, dict(task="total", roi_subset=rois, fast=True))
+        require(folder, masks, f"TotalSegmentator {label} fast")
+    ct = crop_and_resample(ct, folder, masks, spacing, log)
+    run_models(ct, folder, runs, log)
+    return ct
+
+
 def crop_and_resample(ct: Path, folder: Path, masks, spacing: float, log: Log) -> Path:
     """The CT cut to ``masks`` (+ 20 mm) as ``ct_cropped.nii.gz`` in ``folder``, zoomed to ``spacing`` (int16)."""
     from totalseg.clinical.common import save_nifti
