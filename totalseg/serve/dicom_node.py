@@ -20,12 +20,12 @@ import shutil
 import sqlite3
 import threading
 import time
-from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from totalseg.errors import UserError
 from totalseg.notice import notice_printer
+from totalseg.serve.database import transaction
 
 # What the node stores: the image classes the DICOM loader reads (classic and enhanced CT/MR).
 IMAGE_SOP_CLASSES = {
@@ -175,19 +175,8 @@ class DicomNode:
                 self.notice(f"WARNING: DICOM node: {_one_line(e)}")
 
     # -- database ------------------------------------------------------------------------------------------
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        """One short connection and one write transaction (threads and restarts share the file safely)."""
-        with closing(sqlite3.connect(self.db_path, timeout=60, isolation_level=None)) as db:
-            db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+    def _db(self):
+        return transaction(self.db_path)
 
     def _open_db(self) -> None:
         with self._db() as db:

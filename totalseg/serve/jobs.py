@@ -19,11 +19,10 @@ import secrets
 import shutil
 import sqlite3
 import time
-from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from totalseg.errors import UserError
+from totalseg.serve.database import connect, transaction
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 FINAL = ("done", "failed", "cancelled")
@@ -66,7 +65,7 @@ class JobStore:
             db.execute(_SCHEMA)
         # Held open while the store lives: SQLite deletes the WAL file when its last connection closes, and
         # recreating it needs disk space that a full disk does not have (then not even a read would work).
-        self._keeper = self._connect()
+        self._keeper = connect(self.data / "jobs.sqlite")
         self.keep_reserve()
 
     def keep_reserve(self) -> None:
@@ -80,27 +79,11 @@ class JobStore:
                 reserve.unlink(missing_ok=True)  # no space now; tried again at the next submission
 
     # -- database ------------------------------------------------------------------------------------------
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.data / "jobs.sqlite", timeout=60, isolation_level=None, check_same_thread=False)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")  # a finished change survives a power cut
-        return db
-
     def close(self) -> None:
         self._keeper.close()
 
-    @contextmanager
-    def _transaction(self, write: bool = True) -> Iterator[sqlite3.Connection]:
-        """One connection, one transaction (a write one is BEGIN IMMEDIATE: writers queue instead of failing)."""
-        with closing(self._connect()) as db:
-            db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+    def _transaction(self, write: bool = True):
+        return transaction(self.data / "jobs.sqlite", write)
 
     def _row(self, db: sqlite3.Connection, job_id: str) -> sqlite3.Row:
         row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
