@@ -234,6 +234,24 @@ def test_modality_cli(tmp_path):
     assert result["modality"] == "ct" and 0.5 <= result["probability"] <= 1.0
 
 
+def test_modality_cli_reads_dicom(tmp_path):
+    """A DICOM folder is read by the package's DICOM reader: the features are those of the series in HU, as from
+    the same series saved as NIfTI."""
+    from totalseg.load.dicom import load_dicom
+
+    series = load_dicom(REF / "example_ct_dicom").volume
+    assert series.data.min() == -1024  # HU, rescaled (stored values start at 0)
+    nifti = tmp_path / "series.nii.gz"
+    nib.save(nib.Nifti1Image(series.data, series.affine), nifti)
+    results = []
+    for source in (REF / "example_ct_dicom", nifti):
+        out = tmp_path / f"{source.name}.json"
+        assert modality_cli.main(["-i", str(source), "-o", str(out), "-m", str(CLASSIFIERS), "-q"]) == 0
+        results.append(json.loads(out.read_text()))
+    assert results[0] == results[1] and results[0]["modality"] == "ct"
+    assert modality_mod.image_features(series.data)[2] == -1024.0
+
+
 def test_modality_features_decide():
     boosters = resources.load_boosters(CLASSIFIERS, resources.MODALITY)
     mr = nib.load(REF / "example_mr_sm.nii.gz").get_fdata()

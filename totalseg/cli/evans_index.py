@@ -24,20 +24,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_ct(path: Path):
-    """The CT (checked to exist by the caller) as a nibabel image: NIfTI, or DICOM (a .zip or a folder) read by
-    this package's reader."""
-    import nibabel as nib
-
-    if path.name.endswith((".nii", ".nii.gz")):
-        from totalseg.load.nifti import load_nifti
-        source = load_nifti(path)
-    else:
-        from totalseg.load.dicom import load_dicom
-        source = load_dicom(path)
-    return nib.Nifti1Image(source.volume.data, source.volume.affine, source.header)
-
-
 def segment(ct, verbose: bool, say):
     """The brain/skull label map (total) and the ventricle_parts label map, on the CT's grid."""
     from totalseg import totalsegmentator
@@ -69,6 +55,7 @@ def _run(args) -> int:
 
     from totalseg.clinical import evans
     from totalseg.cli.common import write_result
+    from totalseg.load.image import as_nibabel, load_image
     from totalseg.registry import get_task
     from totalseg.volume import Volume
     from totalseg.write.atomic import write_atomic
@@ -83,7 +70,7 @@ def _run(args) -> int:
     say = progress(False)
     started = time.time()
     say("progress: 2%: Loading data")
-    ct = load_ct(args.ct_img)
+    ct = as_nibabel(load_image(args.ct_img))
     brain_skull, ventricles = segment(ct, args.verbose, say)
     say("progress: 70%: Process segmentations")
     ids = {name: idx for idx, name in get_task("total").classes.items()}

@@ -66,21 +66,6 @@ def refuse_cnn(modality: str, model_dir: Path | None) -> None:
                     "cannot be run); use -mt xgboost")
 
 
-def load_input(path: Path):
-    """The input as a nibabel image: NIfTI, or a DICOM folder/zip read by this package's reader."""
-    import nibabel as nib
-
-    if not path.exists():
-        raise UserError(f"the input file does not exist: {path}")
-    if path.name.endswith((".nii", ".nii.gz")):
-        from totalseg.load.nifti import load_nifti
-        source = load_nifti(path)
-    else:
-        from totalseg.load.dicom import load_dicom
-        source = load_dicom(path)
-    return nib.Nifti1Image(source.volume.data, source.volume.affine, source.header)
-
-
 def format_result(result: dict) -> list[str]:
     """``key:  value unit`` lines, the keys padded to one width (the official printout)."""
     width = max(len(key) for key in result) + 1
@@ -101,6 +86,7 @@ def _run(args) -> int:
 
     from totalseg.classify.body_stats import body_stats, fold_indices
     from totalseg.device import check_device
+    from totalseg.load.image import as_nibabel, load_image
     from totalseg.write.statistics import write_statistics
 
     check_device(args.device)
@@ -113,7 +99,7 @@ def _run(args) -> int:
     say = progress(args.quiet)
     started = time.time()
     say("Loading data")
-    image = load_input(args.input_file)
+    image = as_nibabel(load_image(args.input_file))
     result = body_stats(image, args.modality, model_file=args.model_file, fold=args.fold,
                         only_weight=args.only_weight, skip_canonical=args.skip_canonical, device=args.device,
                         quiet=args.quiet, say=say)

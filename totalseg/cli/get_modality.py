@@ -10,7 +10,8 @@ from totalseg.cli.common import check_paths, progress, run, write_result
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="totalseg_get_modality", description="Predict whether an image is CT or MR.")
-    p.add_argument("-i", metavar="filepath", dest="input", type=Path, required=True, help="CT/MR image (.nii/.nii.gz)")
+    p.add_argument("-i", metavar="filepath", dest="input", type=Path, required=True,
+                   help="CT/MR image (.nii/.nii.gz, or a DICOM folder or .zip)")
     p.add_argument("-o", metavar="filepath", dest="output", type=Path, required=True, help="output JSON file")
     p.add_argument("-m", metavar="folder", dest="model", type=Path,
                    help="folder with the five official modality classifier files "
@@ -30,23 +31,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args) -> int:
     from totalseg.classify.modality import modality
-    from totalseg.load.nifti import load_nifti
+    from totalseg.load.image import as_nibabel, load_image
 
     check_paths(args.input, args.output, "a .json file name")
     say = progress(args.quiet)
-    image = load_nifti(args.input)
-    result = modality(_as_nifti(image), args.normalized, args.model, device=args.device,
+    result = modality(as_nibabel(load_image(args.input)), args.normalized, args.model, device=args.device,
                       quiet=args.quiet, say=say)
     write_result(result, args.output, args.quiet)
     return 0
-
-
-
-def _as_nifti(image):
-    """The validated input as an in-memory image (its values are those of ``get_fdata()``)."""
-    import nibabel as nib
-
-    return nib.Nifti1Image(image.volume.data, image.volume.affine)
 
 
 if __name__ == "__main__":

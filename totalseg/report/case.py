@@ -123,20 +123,16 @@ def load_segmentation(source: Path, shape: tuple[int, ...]) -> tuple[np.ndarray,
     return labels, {int(k): str(v) for k, v in sorted(table.items())}, task
 
 
-def load_image(source: Path):
+def _load_image(source: Path):
     """The input image as TotalSegmentator reads it (NIfTI file or DICOM folder/zip): an ``InputImage``."""
-    from totalseg.load.dicom import is_dicom_input, load_dicom
-    from totalseg.load.nifti import load_nifti
+    from totalseg.load.image import load_image
 
-    quiet = lambda message: None  # noqa: E731 -- the run already showed its input warnings
-    if is_dicom_input(source):
-        return load_dicom(source, warn=quiet)
-    return load_nifti(source, warn=quiet)
+    return load_image(source, warn=lambda message: None)  # the run already showed its input warnings
 
 
 def load_case(image: Path, segmentation: Path, modality: str | None = None) -> Case:
     """Load ``image`` and ``segmentation`` (see :func:`load_segmentation`) into a :class:`Case`."""
-    loaded = load_image(Path(image))
+    loaded = _load_image(Path(image))
     data = np.asarray(loaded.volume.data)
     if data.ndim != 3:
         raise InputError(f"{image}: a 3D image is expected, got shape {data.shape}")
