@@ -297,6 +297,25 @@ def test_phase_runs_models_as_official(monkeypatch):
     assert with_neck != phase_mod.predict(phase_mod.features(brain_stats), boosters)
 
 
+def test_phase_debug_reaches_the_model_runs(monkeypatch, tmp_path):
+    """--debug is the official's: passed to each TotalSegmentator run (which then names input and task on an
+    error); without it the runs get debug=False."""
+    import totalseg.run.api as api
+
+    stats = json.loads((REF / "example_seg_fast_median_stats.json").read_text())
+    seen = []
+
+    def fake_totalsegmentator(image, output, **kw):
+        seen.append(kw["debug"])
+        return None, stats
+
+    monkeypatch.setattr(api, "totalsegmentator", fake_totalsegmentator)
+    for flags in (["--debug"], []):
+        argv = ["-i", str(CT_SM), "-o", str(tmp_path / "phase.json"), "-m", str(CLASSIFIERS), "-d", "cpu", "-q"]
+        assert phase_cli.main(argv + flags) == 0
+    assert seen == [True, False]
+
+
 def test_phase_of_a_dicom_zip_is_that_of_its_nifti(use_home, tmp_path):
     """totalseg_get_phase -i takes a DICOM series as a .zip (as the official): the models run on the series, and
     the phase is the one of the same CT given as NIfTI (the fake weights' statistics; real classifiers)."""

@@ -82,26 +82,31 @@ def predict(values: Sequence[float], boosters: Sequence) -> dict[str, Any]:
             "stddev": round(float(np.std(arr)), 4)}
 
 
-def segment_statistics(image, device: str = "gpu", quiet: bool = True,
-                       say: Callable[[str], None] = lambda m: None) -> tuple[dict, dict | None]:
-    """Median statistics (border masks included) of the fast total model, and of
-    headneck_bones_vessels when the brain is in view, by running the models on ``image``."""
+def _median_statistics(image, device: str, quiet: bool, debug: bool, **task: Any) -> dict:
+    """Statistics as the official phase classifier was trained on: median intensities, border masks included."""
     from totalseg.run.api import totalsegmentator
 
-    common = dict(ml=True, statistics=True, statistics_exclude_masks_at_border=False,
-                  stats_aggregation="median", quiet=quiet, device=device)
+    _, stats = totalsegmentator(image, None, ml=True, statistics=True, statistics_exclude_masks_at_border=False,
+                                stats_aggregation="median", quiet=quiet, device=device, debug=debug, **task)
+    return stats
+
+
+def segment_statistics(image, device: str = "gpu", quiet: bool = True, say: Callable[[str], None] = lambda m: None,
+                       debug: bool = False) -> tuple[dict, dict | None]:
+    """Median statistics (border masks included) of the fast total model, and of
+    headneck_bones_vessels when the brain is in view, by running the models on ``image``."""
     say("Running the fast total model...")
-    _, stats_total = totalsegmentator(image, None, fast=True, **common)
+    stats_total = _median_statistics(image, device, quiet, debug, fast=True)
     stats_neck = None
     if needs_neck(stats_total):
         say("Brain in view: running headneck_bones_vessels...")
-        _, stats_neck = totalsegmentator(image, None, task="headneck_bones_vessels", **common)
+        stats_neck = _median_statistics(image, device, quiet, debug, task="headneck_bones_vessels")
     return stats_total, stats_neck
 
 
 def contrast_phase(image=None, stats_total: Mapping | None = None, stats_neck: Mapping | None = None,
                    model_path: str | os.PathLike | None = None, device: str = "gpu", quiet: bool = True,
-                   say: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+                   say: Callable[[str], None] = lambda m: None, debug: bool = False) -> dict[str, Any]:
     """The official phase JSON for ``image`` (path or nibabel image) or for given statistics.
 
     With ``stats_total`` (a statistics dict of the total task) no model runs for those features;
@@ -115,17 +120,13 @@ def contrast_phase(image=None, stats_total: Mapping | None = None, stats_neck: M
     if stats_total is None:
         if image is None:
             raise UserError("give an image or statistics")
-        stats_total, stats_neck = segment_statistics(image, device, quiet, say)
+        stats_total, stats_neck = segment_statistics(image, device, quiet, say, debug)
     elif stats_neck is None and needs_neck(stats_total):
         if all(name in stats_total for name in NECK_VESSELS):
             stats_neck = stats_total
         elif image is not None:
-            from totalseg.run.api import totalsegmentator
-
             say("Brain in view: running headneck_bones_vessels...")
-            _, stats_neck = totalsegmentator(image, None, ml=True, task="headneck_bones_vessels",
-                                             statistics=True, statistics_exclude_masks_at_border=False,
-                                             stats_aggregation="median", quiet=quiet, device=device)
+            stats_neck = _median_statistics(image, device, quiet, debug, task="headneck_bones_vessels")
         else:
             raise UserError("the brain is in view, so the neck vessel statistics are needed; give the image too")
     return predict(features(stats_total, stats_neck), boosters)

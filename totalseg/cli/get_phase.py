@@ -25,8 +25,10 @@ def _parser() -> argparse.ArgumentParser:
                         "instead of running the model")
     p.add_argument("-d", "--device", default="gpu", help="gpu, gpu:N, cpu or mps")
     p.add_argument("-q", dest="quiet", action="store_true", help="print nothing but errors")
-    p.add_argument("--call_via_subprocess", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--call_via_subprocess", action="store_true",
+                   help="accepted for compatibility (officially: the models in a child process, for hosts where its "
+                        "worker pools fail); totalseg starts no worker pools, so the models run in this process")
+    p.add_argument("--debug", action="store_true", help="on an error in a model run, also say the input and the task")
     return p
 
 
@@ -59,7 +61,7 @@ def _run(args) -> int:
     say = progress(args.quiet)
     stats = _read_stats(args.stats) if args.stats is not None else None
     result = contrast_phase(args.input, stats_total=stats, model_path=args.model, device=args.device,
-                            quiet=args.quiet, say=say)
+                            quiet=args.quiet, say=say, debug=args.debug)
     write_result(result, args.output, args.quiet)
     return 0
 
