@@ -336,3 +336,31 @@ def test_input_grid_steps_sized_by_the_header_pixdim(task_name, monkeypatch):
         assert seen == [(1.0, 1.0, 1.0), (3.0, 3.0, 3.0), (3.0, 3.0, 3.0)]
     else:
         assert seen == [10.0, 10.0 / 3.0, 10.0 / 3.0]
+
+
+def test_progress_function_sees_every_tile_of_each_model_run(use_home, monkeypatch):
+    """Predictor(progress=...) is called with (model, done, total) from 0 to the run's tile count (as many tiles
+    as the sliding window planned), without bars, for each model run; None again stops the calls."""
+    import totalseg.predict.sliding_window as sw
+    from totalseg.run.predictor import Predictor
+
+    planned, calls = [], []
+    grid = sw.tile_grid
+
+    def counted_grid(*args):
+        tiles = grid(*args)
+        planned.append(len(tiles))
+        return tiles
+
+    monkeypatch.setattr(sw, "tile_grid", counted_grid)
+    image = _small_image()
+    plan = plan_run(get_task("total"), Options(fast=True, roi_subset=("liver",)))  # 6 mm crop model, then 3 mm
+    predictor = Predictor("cpu", progress_bars=False, progress=lambda *call: calls.append(call))
+    segment(image, plan, predictor)
+    runs = [[c for c in calls if c[0] == folder] for folder in dict.fromkeys(c[0] for c in calls)]
+    assert len(runs) == 2 and [len(run) - 1 for run in runs] == planned and min(planned) >= 1
+    for run, total in zip(runs, planned):
+        assert [c[1:] for c in run] == [(done, total) for done in range(total + 1)]
+    predictor.progress, calls[:] = None, []
+    segment(image, plan, predictor)
+    assert calls == []

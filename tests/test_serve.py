@@ -450,6 +450,29 @@ def test_twenty_concurrent_uploads_each_done_once(tmp_path, fake_home, tiny):
         service.stop()
 
 
+def test_job_progress_moves_with_the_tiles(tmp_path, use_home, tiny, monkeypatch):
+    """The worker hands its predictor a progress function for the job: the tiles of the model run move the
+    job's progress between the stages' values (rising, stored at most every 1 %), and it is taken back after."""
+    from totalseg import Predictor
+    from totalseg.serve.jobs import JobStore
+    from totalseg.serve.worker import run_job
+
+    store = JobStore(tmp_path / "data")
+    job_id = store.submit(tiny, {"ml": True, "fast": True})
+    stored = []
+    monkeypatch.setattr(store, "set_progress", lambda job, value: stored.append(value))
+    with Predictor("cpu", progress_bars=False) as predictor:
+        tiles_seen = []
+        predictor.progress = lambda *call: tiles_seen.append(call)  # replaced by the worker for the job
+        run_job(store, predictor.segment, store.claim(), predictor)
+        assert predictor.progress is None and not tiles_seen
+    assert store.get(job_id)["state"] == "done", store.get(job_id)
+    assert stored == sorted(stored) and stored[-1] == 0.8
+    between = [v for v in stored if 0.35 < v < 0.6]  # only tiles give values between "loaded" and "predicted"
+    assert between and all(b - a >= 0.01 - 1e-9 for a, b in zip(between, between[1:]))
+    store.close()
+
+
 def test_ray_flags_of_job_options():
     from totalseg.serve.ray_jobs import batch_flags
 

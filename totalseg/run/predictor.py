@@ -18,10 +18,11 @@ from __future__ import annotations
 import gc
 import os
 import sys
-from functools import partial
 from collections import OrderedDict
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
@@ -66,11 +67,35 @@ def torch_settings(threads: int | None, flush_denormal: bool, pin_cudnn: bool = 
         cudnn.benchmark, cudnn.deterministic = before[2], before[3]
 
 
-def _tile_bar(name: str, total: int):
-    """A tqdm bar on stderr for the tiles of one model run (removed when done: the run's own lines stay)."""
-    from tqdm import tqdm
+TileProgress = Callable[[str, int, int], None]  # (model folder, tiles done, tiles of this model run)
 
-    return tqdm(total=total, desc=f"  {name}", unit="tile", file=sys.stderr, leave=False, dynamic_ncols=True)
+
+@contextmanager
+def _tiles_counted(name: str, total: int, bar: bool, progress: TileProgress | None) -> Iterator:
+    """What the sliding window moves once per tile: a tqdm bar on stderr (removed when done: the run's own
+    lines stay) and/or the caller's ``progress`` function."""
+    shown = None
+    if bar:
+        from tqdm import tqdm
+
+        shown = tqdm(total=total, desc=f"  {name}", unit="tile", file=sys.stderr, leave=False, dynamic_ncols=True)
+    done = 0
+
+    def update(n: int) -> None:
+        nonlocal done
+        done += n
+        if shown is not None:
+            shown.update(n)
+        if progress is not None:
+            progress(name, done, total)
+
+    try:
+        if progress is not None:
+            progress(name, 0, total)
+        yield SimpleNamespace(update=update)
+    finally:
+        if shown is not None:
+            shown.close()
 
 
 def return_freed_memory() -> None:
@@ -109,13 +134,15 @@ class Predictor:
     (CPU only: OpenVINO with NNCF's 8-bit quantization, calibrated once per model; not bitwise either).
     keep_models: how many loaded models stay in memory (least recently used dropped first).
     progress_bars: a bar per model on stderr (tiles done, elapsed, ETA); None: when stderr is a terminal.
+    progress: called as tiles finish with (model folder, tiles done, tiles of that model run), e.g. to move a
+    notebook's or a service's own progress bar; the attribute may be replaced between runs.
     quantization: the int8 engine's NNCF options (``int8_engine.Quantization``; None: its measured default).
     """
 
     def __init__(self, device: str = "gpu", engine: str = "exact", threads: int | None = None,
                  keep_models: int = 1, home_dir: Path | None = None,
                  notice: Callable[[str], None] | None = None, progress_bars: bool | None = None,
-                 quantization: Quantization | None = None):
+                 quantization: Quantization | None = None, progress: TileProgress | None = None):
         check_engine(engine)
         if quantization is not None and engine != "int8":
             raise UserError(f"quantization options are for the int8 engine, not --engine {engine}")
@@ -132,6 +159,7 @@ class Predictor:
         self.threads = threads or default_threads()
         self.keep_models = max(1, keep_models)
         self.progress_bars = sys.stderr.isatty() if progress_bars is None else progress_bars
+        self.progress = progress
         self.home = home.home_dir() if home_dir is None else Path(home_dir)
         self.weights = home.weights_dir() if home_dir is None else self.home / "nnunet" / "results"
         self._models: OrderedDict[tuple, _Entry] = OrderedDict()
@@ -180,8 +208,11 @@ class Predictor:
             del loaded.networks[:]
             gc.collect()  # torch networks sit in reference cycles: freed now, not at some later collection
         checks = KernelChecks(self.home / "kernel_checks" / f"{model.folder}.json")
-        bar = partial(_tile_bar, model.folder) if self.progress_bars else None
-        return _Entry(loaded, Runner(networks, self.device, checks, self.notice, bar))
+        return _Entry(loaded, Runner(networks, self.device, checks, self.notice, partial(self._tiles, model.folder)))
+
+    def _tiles(self, name: str, total: int):
+        """The per-tile counter of one model run, read when the run starts (bars and ``progress`` as now set)."""
+        return _tiles_counted(name, total, self.progress_bars, self.progress)
 
     def _fast_networks(self, loaded, model: Model) -> list:
         from totalseg.predict.fast_engine import FastNetwork

@@ -88,13 +88,15 @@ def report_segmentation(output_dir: Path) -> Path | None:
 
 
 class _ProgressLog:
-    """A stand-in for stderr during a job: lines go to the job's log; stage messages move its progress."""
+    """A stand-in for stderr during a job: lines go to the job's log; stage messages move its progress, and
+    so do the tiles of a model run (``tiles``, the predictor's progress function)."""
 
     STAGES = (("Predicting", 0.15), ("  running ", 0.25), ("  loaded in", 0.35), ("  predicted in", 0.6),
               ("  resampled back", 0.7), ("  saved in", 0.8))
 
     def __init__(self, log, set_progress: Callable[[float], None]):
         self.log, self.set_progress, self.progress = log, set_progress, 0.05
+        self.round_start = self.shown = 0.05
 
     def write(self, text: str) -> int:
         self.log.write(text)
@@ -102,9 +104,23 @@ class _ProgressLog:
             for start, value in self.STAGES:
                 if line.startswith(start):
                     # each model of a multi-model task starts a new round: creep on, below the outputs' stage
-                    self.progress = max(value, min(self.progress + 0.05, 0.75))
-                    self.set_progress(self.progress)
+                    self._move(max(value, min(self.progress + 0.05, 0.75)))
         return len(text)
+
+    def tiles(self, model: str, done: int, total: int) -> None:
+        """A model run's tiles move the progress from where the run began to where its end is said."""
+        if done == 0:
+            self.round_start = self.progress
+            return
+        end = max(self.STAGES[3][1], min(self.round_start + 0.05, 0.75))
+        self._move(self.round_start + (end - self.round_start) * done / max(total, 1), every=0.01)
+
+    def _move(self, value: float, every: float = 0.0) -> None:
+        """Raise the progress; stored when it moved by ``every`` (tiles: not a database write per tile)."""
+        self.progress = max(self.progress, value)
+        if self.progress - self.shown >= every and self.progress > self.shown:
+            self.shown = self.progress
+            self.set_progress(self.progress)
 
     def flush(self) -> None:
         self.log.flush()
@@ -113,8 +129,9 @@ class _ProgressLog:
         return False
 
 
-def run_job(store: JobStore, segment: Callable, job: dict) -> None:
-    """Run one claimed job to its end (done or failed) with ``segment(input, output, **options)``."""
+def run_job(store: JobStore, segment: Callable, job: dict, predictor=None) -> None:
+    """Run one claimed job to its end (done or failed) with ``segment(input, output, **options)``;
+    ``predictor``: the one behind ``segment``, whose tiles then move the job's progress."""
     job_id, attempt = job["id"], job["attempts"]
     folder = store.job_dir(job_id)
     run_dir = folder / f"run{attempt}"
@@ -123,7 +140,10 @@ def run_job(store: JobStore, segment: Callable, job: dict) -> None:
     try:
         run_dir.mkdir()
         with open(folder / "log.txt", "a", buffering=1) as log:  # lines on disk at once: a kill loses none
-            stderr, sys.stderr = sys.stderr, _ProgressLog(log, progress)
+            stages = _ProgressLog(log, progress)
+            stderr, sys.stderr = sys.stderr, stages
+            if predictor is not None:
+                predictor.progress = stages.tiles
             try:
                 progress(0.05)
                 output, options = run_arguments(job["options"], run_dir)
@@ -132,6 +152,8 @@ def run_job(store: JobStore, segment: Callable, job: dict) -> None:
                 files = publish(run_dir)
             finally:
                 sys.stderr = stderr
+                if predictor is not None:
+                    predictor.progress = None
         out = store.output_dir(job_id)
         shutil.rmtree(out, ignore_errors=True)
         os.replace(run_dir, out)  # the outputs are complete or absent
@@ -166,15 +188,15 @@ def _message(error: Exception) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def serve_forever(store: JobStore, segment: Callable, idle: float = 0.2) -> None:
-    """Claim and run jobs until the parent process goes away."""
+def serve_forever(store: JobStore, segment: Callable, idle: float = 0.2, predictor=None) -> None:
+    """Claim and run jobs until the parent process goes away (``predictor``: see :func:`run_job`)."""
     parent = os.getppid()
     while os.getppid() == parent:
         job = store.claim()
         if job is None:
             time.sleep(idle)
         else:
-            run_job(store, segment, job)
+            run_job(store, segment, job, predictor)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
 
     engine = args.engine or os.environ.get("TOTALSEG_ENGINE") or "exact"
     with Predictor(device=args.device, engine=engine, threads=args.threads, progress_bars=False) as predictor:
-        serve_forever(store, predictor.segment)
+        serve_forever(store, predictor.segment, predictor=predictor)
     return 0
 
 
