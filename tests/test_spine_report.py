@@ -432,3 +432,16 @@ def test_official_command_live_gives_the_same_report(tmp_path):
     ours, official = outputs["ours"][2], outputs["official"][2]
     assert ours.header["datatype"] == official.header["datatype"] == 128
     assert np.array_equal(ours.affine, official.affine) and ours.shape[0] == official.shape[0] == 1201
+
+
+@pytest.mark.parametrize("title", ["Spine report", "Pulmonary Report", "A report with a much longer title than these"])
+def test_report_header_puts_the_version_right_of_the_title(title):
+    """The version stands beside the title whatever its length (measured, not guessed from the letters)."""
+    from totalseg.clinical.common import PageLayout, draw_header
+
+    page = PageLayout(120)
+    draw_header(page, title, "0.2.1", "2026-12-07 12:00")
+    renderer = page.fig.canvas.get_renderer()
+    boxes = {t.get_text(): t.get_window_extent(renderer=renderer) for t in page.fig.texts}
+    assert boxes[title].x1 < boxes["0.2.1"].x0 < boxes[title].x1 + 20
+    page.rgb()  # closes the figure

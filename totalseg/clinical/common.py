@@ -193,10 +193,11 @@ class PageLayout:
         ax.add_patch(FancyBboxPatch((0, 0), w, h, boxstyle=style, facecolor=colour, edgecolor="none"))
 
     def text(self, x: float, y: float, s: str, size: float, colour: str = LABEL_COLOUR, weight: str = "normal",
-             ha: str = "left", va: str = "top", **kw) -> None:
-        """Text at a pixel position (size in px, as CSS)."""
-        self.fig.text(x / self.width, 1 - y / self.height, s, fontsize=size * 72 / PAGE_DPI, color=colour,
-                      fontweight=weight, ha=ha, va=va, family="DejaVu Sans", **kw)
+             ha: str = "left", va: str = "top", **kw) -> float:
+        """Text at a pixel position (size in px, as CSS); returns its width in px."""
+        artist = self.fig.text(x / self.width, 1 - y / self.height, s, fontsize=size * 72 / PAGE_DPI, color=colour,
+                               fontweight=weight, ha=ha, va=va, family="DejaVu Sans", **kw)
+        return artist.get_window_extent(renderer=self.fig.canvas.get_renderer()).width
 
     def rgb(self) -> np.ndarray:
         """The page's pixels; the figure is closed."""
@@ -210,8 +211,8 @@ class PageLayout:
 
 def draw_header(page: PageLayout, title: str, version: str, generated: str) -> int:
     """Title, version and generation time centred at the top; returns the y below the header."""
-    page.text(page.width / 2, 16, title, 24, weight="bold", ha="center")
-    page.text(page.width / 2 + 8 + 6.5 * len(title), 26, version, 12, colour="#aaaaaa", ha="left")
+    width = page.text(page.width / 2, 16, title, 24, weight="bold", ha="center")
+    page.text(page.width / 2 + width / 2 + 8, 26, version, 12, colour="#aaaaaa", ha="left")
     page.text(page.width / 2, 50, f"Generated on: {generated}", 12, ha="center")
     page.text(16, 22, "totalseg", 22, weight="bold")
     return 76
