@@ -252,6 +252,28 @@ def test_modality_cli_reads_dicom(tmp_path):
     assert modality_mod.image_features(series.data)[2] == -1024.0
 
 
+def test_modality_normalized_uses_the_fast_total_mr_statistics(monkeypatch):
+    """-n as the official: the fast total_mr run's median statistics of normalised intensities (border masks
+    included), the 16 organs' values fed in the official order to the "normalized" classifiers."""
+    import totalseg.run.api as api
+
+    calls, fed = [], []
+    organs = modality_mod.ROI_ORGANS
+    stats = {organ: {"volume": 10.0, "intensity": 0.03 * organs.index(organ)} for organ in reversed(organs)}
+
+    def fake_totalsegmentator(image, output, **kw):
+        calls.append(kw)
+        return None, stats
+
+    monkeypatch.setattr(api, "totalsegmentator", fake_totalsegmentator)
+    monkeypatch.setattr(modality_mod, "predict", lambda values, boosters: fed.append((values, len(boosters))))
+    modality_mod.modality(nib.load(CT_SM), normalized=True, model_path=CLASSIFIERS, device="cpu")
+    assert calls == [dict(ml=True, fast=True, statistics=True, task="total_mr",
+                          statistics_exclude_masks_at_border=False, stats_aggregation="median",
+                          statistics_normalized_intensities=True, quiet=True, device="cpu")]
+    assert fed == [([0.03 * k for k in range(16)], 5)]
+
+
 def test_modality_features_decide():
     boosters = resources.load_boosters(CLASSIFIERS, resources.MODALITY)
     mr = nib.load(REF / "example_mr_sm.nii.gz").get_fdata()

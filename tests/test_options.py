@@ -110,6 +110,29 @@ def test_fastest_statistics_match_official(use_home, tmp_path):
     assert_statistics_parity(tmp_path / "stats.json", EXTRA / "fastest_stats.json")
 
 
+# API cases (no flag): the options given to the official Python API (API table of make_oracle_extra.sh).
+API_CASES = {
+    "fast_stats_normalized": dict(fast=True, ml=True, statistics_normalized_intensities=True),
+    "fastest_stats_normalized_median": dict(fastest=True, ml=True, statistics_normalized_intensities=True,
+                                            stats_aggregation="median", statistics_exclude_masks_at_border=False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(API_CASES))
+def test_normalized_statistics_match_official(name, use_home, tmp_path):
+    """statistics_normalized_intensities: (ct - min) / (max - min) of the image the statistics are taken on (the
+    model's grid with --fast, the input's otherwise), then mean or median per class, as the official API."""
+    from parity import assert_statistics_parity
+    from totalseg import totalsegmentator
+
+    out = tmp_path / f"{name}.nii.gz"
+    totalsegmentator(CT, out, statistics=tmp_path / "stats.json", device="cpu", quiet=True, **API_CASES[name])
+    _assert_same_image(out, EXTRA / out.name)
+    assert_statistics_parity(tmp_path / "stats.json", EXTRA / f"{name}.json")
+    values = [entry["intensity"] for entry in json.loads((tmp_path / "stats.json").read_text()).values()]
+    assert all(0.0 <= v <= 1.0 for v in values) and any(0.0 < v < 1.0 for v in values)
+
+
 def _sheared_ct(dst: Path) -> Path:
     """The fast_sheared input, built as make_oracle_extra.sh builds it (tests/data/make_sheared_ct.py)."""
     import importlib.util
@@ -181,7 +204,6 @@ def test_refused_dicom_output_combinations(use_home, tmp_path, capsys):
 @pytest.mark.parametrize("options, fragment", [
     ({"plans": "nnUNetResEncUNetLPlans"}, "plans 'nnUNetResEncUNetLPlans' is not supported"),
     ({"model_size": "medium"}, "model_size must be 'big' or 'small'."),
-    ({"statistics_normalized_intensities": True}, "statistics_normalized_intensities is not supported"),
     ({"remove_small_blobs": -5}, "--remove_small_blobs takes a size in mm3 greater than 0"),
 ])
 def test_api_only_options_refused(options, fragment, use_home, tmp_path):

@@ -152,3 +152,21 @@ def test_write_statistics(tmp_path):
     write_statistics(stats, path)
     assert path.read_text() == json.dumps(stats, indent=4)
     assert [p.name for p in tmp_path.iterdir()] == ["statistics.json"]
+
+
+@pytest.mark.parametrize("aggregation", ["mean", "median"])
+def test_normalized_intensities_are_the_official_arithmetic(aggregation):
+    """normalized=True: the int16 image min-max normalised, then per class the official numpy calls on the whole
+    image (np.average with the mask as weights, np.median of the masked values), equal to the last bit."""
+    ct = nib.load(REF / "example_ct_sm.nii.gz")
+    seg = np.asanyarray(nib.load(REF / "example_seg.nii.gz").dataobj).astype(np.uint8)
+    classes = {int(k): f"c{k}" for k in np.unique(seg) if k}
+    stats = compute_statistics(seg, ct.get_fdata(), ct.header.get_zooms(), classes, exclude_border=False,
+                               aggregation=aggregation, normalized=True)
+    img = ct.get_fdata().astype(np.int16)
+    norm = (img - img.min()) / (img.max() - img.min())
+    for k, name in classes.items():
+        mask = seg == k
+        want = np.average(norm, weights=mask.astype(np.uint8)) if aggregation == "mean" else np.median(norm[mask])
+        assert stats[name]["intensity"] == float(np.round(want, 5)), name
+    assert len(classes) > 20

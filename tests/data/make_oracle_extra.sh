@@ -38,12 +38,21 @@ declare -A OPTIONS=(
     [fastest_ho_legacy_roi]="-o $OUT/fastest_ho_legacy_roi.nii.gz --fastest --ml --higher_order_resampling_LEGACY -rs trachea vertebrae_T9 liver"
     [fast_sheared]="-o $OUT/fast_sheared.nii.gz --fast --ml"
 )
+# API cases: options without a command-line flag, through the official Python API (official_api_case.py, run by
+# the Python beside $TS); each writes <case>.nii.gz and <case>.json (its statistics).
+declare -A API=(
+    [fast_stats_normalized]='{"fast": true, "ml": true, "statistics_normalized_intensities": true}'
+    [fastest_stats_normalized_median]='{"fastest": true, "ml": true, "statistics_normalized_intensities": true, "stats_aggregation": "median", "statistics_exclude_masks_at_border": false}'
+)
 cases=("$@")
 [ ${#cases[@]} -gt 0 ] || cases=(pleural_pericard_effusion oculomotor_muscles tissue_types heartchambers_highres vertebrae_pp
-                                     vertebrae_pp_refined "${!OPTIONS[@]}")
+                                     vertebrae_pp_refined "${!OPTIONS[@]}" "${!API[@]}")
 for c in "${cases[@]}"; do
     start=$(date +%s)
-    if [ -n "${OPTIONS[$c]:-}" ]; then
+    if [ -n "${API[$c]:-}" ]; then
+        "$(dirname "$TS")/python" "$HERE/official_api_case.py" "$REF/example_ct_sm.nii.gz" "$OUT/$c.nii.gz" \
+            "$OUT/$c.json" "${API[$c]}"
+    elif [ -n "${OPTIONS[$c]:-}" ]; then
         rm -rf "$OUT/$c"
         # shellcheck disable=SC2086
         "$TS" -i "${INPUTS[$c]:-$REF/example_ct_sm.nii.gz}" ${OPTIONS[$c]} -d cpu -q

@@ -26,19 +26,6 @@ def image_features(data: np.ndarray) -> list[float]:
     return [float(np.mean(arr)), float(np.std(arr)), float(np.min(arr)), float(np.max(arr))]
 
 
-def roi_features(labels: np.ndarray, data: np.ndarray, class_map: dict[int, str]) -> list[float]:
-    """Median of the min-max normalised intensities (of the int16 image) in each ROI organ; 0.0 if absent."""
-    ct = np.asarray(data).astype(np.int16).astype(np.float64)
-    lo, hi = ct.min(), ct.max()
-    norm = (ct - lo) / (hi - lo) if hi > lo else np.zeros_like(ct)
-    ids = {name: k for k, name in class_map.items()}
-    out = []
-    for name in ROI_ORGANS:
-        mask = labels == ids[name] if name in ids else None
-        out.append(float(np.median(norm[mask]).round(5)) if mask is not None and mask.any() else 0.0)
-    return out
-
-
 def predict(values: Sequence[float], boosters: Sequence) -> dict[str, Any]:
     """``{"modality": "ct"|"mr", "probability": p}`` from the five classifiers' votes."""
     import xgboost as xgb
@@ -75,9 +62,9 @@ def modality(image, normalized: bool = False, model_path: str | os.PathLike | No
     from totalseg.run.api import totalsegmentator
 
     say("Running the fast total_mr model...")
-    # quiet: the input checks of that inner total_mr run would call a CT "not an MR", which is the question here
-    seg = totalsegmentator(img, None, ml=True, fast=True, task="total_mr", quiet=True, device=device)
-    from totalseg.registry import get_task
-
-    class_map = dict(get_task("total_mr").classes)
-    return predict(roi_features(np.asanyarray(seg.dataobj), img.get_fdata(), class_map), boosters)
+    # As the official: median statistics of normalised intensities on the fast model's grid. quiet: the input
+    # checks of that inner total_mr run would call a CT "not an MR", which is the question here.
+    _, stats = totalsegmentator(img, None, ml=True, fast=True, statistics=True, task="total_mr",
+                                statistics_exclude_masks_at_border=False, stats_aggregation="median",
+                                statistics_normalized_intensities=True, quiet=True, device=device)
+    return predict([stats[organ]["intensity"] for organ in ROI_ORGANS], boosters)

@@ -207,9 +207,9 @@ OPTIONS: tuple[Option, ...] = (
          "remove connected components of at most this size (mm3, default 200) from every class", "predict",
          "every output", cli={"nargs": "?", "type": _positive_float, "const": 200.0, "metavar": "mm3"},
          check=_blob_size),
-    _Opt("statistics_normalized_intensities", (), False, "official: statistics of normalised intensities",
-         "statistics", refused="statistics_normalized_intensities is not supported by totalseg; run without it "
-                               "(statistics use the image's intensities)"),
+    _Opt("statistics_normalized_intensities", (), False,
+         "statistics of the intensities min-max normalised over the image (as the official; used by "
+         "totalseg_get_modality -n)", "statistics", "statistics.json"),
     _Opt("robust_crop", ("-rc", "--robust_crop"), False, "crop with the 3 mm model instead of the 6 mm one", "plan",
          "every output", cli={"action": "store_true"}),
     _Opt("higher_order_resampling_LEGACY", ("--higher_order_resampling_LEGACY", "--high_order_resampling_LEGACY"),

@@ -60,12 +60,11 @@ def _write_run_report(setup: RunSetup, class_map: dict, ran_on: str, engine: str
 
 def _statistics(result, image, request: StatisticsRequest) -> dict:
     """Per-class statistics on the input grid, or on the model's grid (as the official tool does for --fast)."""
+    how = (request.exclude_masks_at_border, request.aggregation, request.extra, request.normalized)
     if request.lowres and result.lowres is not None:
         labels, img = result.lowres.lowres_labels, result.lowres.lowres_image
-        return compute_statistics(labels.data, img.data, img.zooms, result.class_map,
-                                  request.exclude_masks_at_border, request.aggregation, request.extra)
-    return compute_statistics(result.labels, image.volume.data, image.header.get_zooms()[:3], result.class_map,
-                              request.exclude_masks_at_border, request.aggregation, request.extra)
+        return compute_statistics(labels.data, img.data, img.zooms, result.class_map, *how)
+    return compute_statistics(result.labels, image.volume.data, image.header.get_zooms()[:3], result.class_map, *how)
 
 
 def _lowres_grid(result, image):

@@ -44,6 +44,7 @@ class StatisticsRequest:
     aggregation: str
     extra: bool
     lowres: bool  # on the model's grid (as the official tool does with --fast)
+    normalized: bool  # intensities min-max normalised over the image first
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,8 @@ def _statistics_request(values: RunOptions, dest: Destination) -> StatisticsRequ
     else:
         path = None if dest.folder is None else dest.folder / "statistics.json"
     return StatisticsRequest(path, values.statistics_exclude_masks_at_border, values.stats_aggregation,
-                             bool(values.statistics_extra), bool(values.fast or values.save_lowres))
+                             bool(values.statistics_extra), bool(values.fast or values.save_lowres),
+                             bool(values.statistics_normalized_intensities))
 
 
 def masks_on_input_grid(values: RunOptions) -> bool:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -126,6 +126,7 @@ def compute_statistics(
     exclude_border: bool = True,
     aggregation: str = "mean",
     extra: bool = False,
+    normalized: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """``{class name: {"volume": mm3, "intensity": HU, ...}}`` for every class of ``class_map``.
 
@@ -134,7 +135,8 @@ def compute_statistics(
     volumes); class_map: ``{label id: name}`` (already filtered for a roi subset); exclude_border:
     zero out classes touching the border (False = ``-sii``); aggregation: "mean" or "median";
     extra (``-sx``): add n_voxels, intensity_std, intensity_min, intensity_max, centroid_vox and
-    bbox_vox (inclusive voxel index ranges) and incomplete (mask touches the border slices).
+    bbox_vox (inclusive voxel index ranges) and incomplete (mask touches the border slices);
+    normalized: intensities min-max normalised over the whole image first (:func:`normalised`).
     Empty (or border-excluded) classes get 0 / 0.0 / None for those.
     """
     if aggregation not in AGGREGATIONS:
@@ -144,6 +146,8 @@ def compute_statistics(
     if lab.shape != img.shape:
         raise ValueError(f"labels {lab.shape} and image {img.shape} differ in shape")
     ct = img.astype(np.int16, copy=False)
+    if normalized:
+        ct = normalised(ct)
 
     classes = sorted((int(k), str(v)) for k, v in class_map.items())
     stats: dict[str, dict[str, Any]] = {}
@@ -157,7 +161,7 @@ def compute_statistics(
     # than a weighted bincount over the whole volume (~45x the cost of one comparison pass) unless
     # the boxes are huge and overlapping (e.g. speckle-like label images); then bincount wins.
     box_voxels = sum(int(np.prod([sl.stop - sl.start for sl in box])) for box in todo.values())
-    use_bincount = aggregation == "mean" and not extra and box_voxels > _BINCOUNT_FACTOR * lab.size
+    use_bincount = aggregation == "mean" and not extra and not normalized and box_voxels > _BINCOUNT_FACTOR * lab.size
     if use_bincount:
         counts, sums = _counts_and_sums(lab, ct, max_id)
     for k, name in classes:
@@ -170,10 +174,19 @@ def compute_statistics(
         else:
             inside = lab[box] == k
             values = ct[box][inside]
-            stats[name] = _box_entry(values, vox_vol, aggregation)
+            # float intensities: the official's weighted average over the whole image, for the same rounding
+            whole = (lambda: np.average(ct, weights=(lab == k).astype(np.uint8))) if normalized else None
+            stats[name] = _box_entry(values, vox_vol, aggregation, whole)
             if extra:
                 stats[name].update(_extra_entry(inside, values, box, k in at_border))
     return stats
+
+
+def normalised(ct: np.ndarray) -> np.ndarray:
+    """The official normalised intensities of statistics: ``(ct - min) / (max - min)`` of the int16 image, in
+    its int16 arithmetic (a range over 32767 wraps, as officially; a constant image gives NaN)."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return (ct - ct.min()) / (ct.max() - ct.min())
 
 
 def _measured_boxes(lab: np.ndarray, ids: list[int], max_id: int,
@@ -192,14 +205,18 @@ def _measured_boxes(lab: np.ndarray, ids: list[int], max_id: int,
     return todo, at_border
 
 
-def _box_entry(values: np.ndarray, vox_vol: float, aggregation: str) -> dict[str, Any]:
-    """Volume and intensity of a class, from the intensities of its voxels."""
+def _box_entry(values: np.ndarray, vox_vol: float, aggregation: str,
+               whole_mean: Callable[[], float] | None = None) -> dict[str, Any]:
+    """Volume and intensity of a class, from the intensities of its voxels (``whole_mean``: how to take the
+    mean of float intensities)."""
     n = int(values.size)
-    if aggregation == "mean":
+    if aggregation == "median":
+        intensity = _round(np.median(values), 5)  # the middle values themselves: any order gives them
+    elif whole_mean is not None:
+        intensity = _round(whole_mean(), 5)
+    else:
         # Exact integer sum / count: the same correctly rounded quotient as np.average.
         intensity = _round(int(values.sum(dtype=np.int64)) / n, 5)
-    else:
-        intensity = _round(np.median(values), 5)
     return {"volume": float(n * vox_vol), "intensity": intensity}
 
 
