@@ -72,6 +72,7 @@ def test_seed_examples_match_totalseg(tmp_path, use_home):
 def test_imports_do_not_load_torch():
     code = ("import sys\nimport totalsegmentator.python_api, totalsegmentator.nifti_ext_header\n"
             "import totalsegmentator.map_to_binary, totalsegmentator.libs\n"
+            "import totalsegmentator.statistics, totalsegmentator.config\n"
             "assert 'torch' not in sys.modules, 'torch imported'")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env())
     assert proc.returncode == 0, proc.stderr
@@ -158,3 +159,52 @@ def test_combine_masks(tmp_path):
     nib.save(with_label_table(nib.Nifti1Image(labels, affine), label_map), ml)
     from_ml = combine_masks(ml, "lung", multilabel=True)
     assert np.array_equal(np.asanyarray(from_ml.dataobj), np.isin(labels, [1, 2, 3, 4, 5]).astype(np.uint8))
+
+
+def test_get_basic_statistics_equals_the_official_function():
+    """totalsegmentator.statistics.get_basic_statistics on a segmentation made before: what the official function
+    wrote for the reference fast masks (median, border masks included), and for an official run's labels with
+    normalised intensities (tests/data/oracle_extra)."""
+    from totalsegmentator.statistics import get_basic_statistics, touches_border
+
+    seg = np.asanyarray(nib.load(REF / "example_seg_fast.nii.gz").dataobj)
+    got = get_basic_statistics(seg, CT_SM, task="total", exclude_masks_at_border=False, metric="median", quiet=True)
+    assert got == json.loads((REF / "example_seg_fast_median_stats.json").read_text())
+    extra = Path(__file__).parent / "data" / "oracle_extra"
+    seg = np.asanyarray(nib.load(extra / "fastest_stats_normalized_median.nii.gz").dataobj)
+    got = get_basic_statistics(seg, nib.load(CT_SM), None, True, "total", False, None, "median", True)
+    assert got == json.loads((extra / "fastest_stats_normalized_median.json").read_text())
+    roi = get_basic_statistics(seg, CT_SM, roi_subset=["liver", "spleen"], extra_metrics=True)
+    assert list(roi) == ["spleen", "liver"] and "incomplete" not in roi["liver"] and "n_voxels" in roi["liver"]
+    cube = np.zeros((10, 10, 10), bool)
+    cube[3:7, 3:7, 3:7] = True
+    assert not touches_border(cube)
+    cube[7, 5, 5] = True  # reaches the last three slices of the first axis
+    assert touches_border(cube)
+
+
+def test_config_module_reads_and_writes_the_home(tmp_path, monkeypatch):
+    """totalsegmentator.config on an empty home: no config yet, then one made with a well-formed id; keys and
+    licence stored; the offline licence states of the official function."""
+    from totalsegmentator import config
+
+    monkeypatch.setenv("TOTALSEG_HOME_DIR", str(tmp_path / "home"))
+    monkeypatch.delenv("TOTALSEG_WEIGHTS_PATH", raising=False)
+    assert config.get_totalseg_dir() == tmp_path / "home"
+    assert config.get_weights_dir() == tmp_path / "home" / "nnunet" / "results"
+    assert config.get_config() is None and config.has_valid_license_offline()[0] == "missing_config_file"
+    assert config.set_config_key("a", 1) is None and not (tmp_path / "home" / "config.json").exists()
+    made = config.setup_totalseg()
+    assert made["totalseg_id"].startswith("totalseg_") and len(made["totalseg_id"]) == 17
+    assert config.setup_totalseg("totalseg_OTHER123")["totalseg_id"] == made["totalseg_id"]  # an id stays
+    assert config.set_config_key("mirror", "x")["mirror"] == "x" and config.get_config_key("mirror") == "x"
+    assert config.get_license_number() == "" and config.has_valid_license_offline()[0] == "missing_license"
+    from totalseg.errors import UserError
+
+    with pytest.raises(UserError, match="aca_"):
+        config.set_license_number("wrong")
+    config.set_license_number("aca_ABCDEFGHIJKLMN")
+    assert config.get_license_number() == "aca_ABCDEFGHIJKLMN" and config.has_valid_license_offline()[0] == "yes"
+    config.set_license_number("short", skip_validation=True)
+    assert config.has_valid_license_offline()[0] == "invalid_license"
+    assert json.loads((tmp_path / "home" / "config.json").read_text())["totalseg_id"] == made["totalseg_id"]
