@@ -72,7 +72,7 @@ def test_seed_examples_match_totalseg(tmp_path, use_home):
 def test_imports_do_not_load_torch():
     code = ("import sys\nimport totalsegmentator.python_api, totalsegmentator.nifti_ext_header\n"
             "import totalsegmentator.map_to_binary, totalsegmentator.libs\n"
-            "import totalsegmentator.statistics, totalsegmentator.config\n"
+            "import totalsegmentator.statistics, totalsegmentator.config, totalsegmentator.registry\n"
             "assert 'torch' not in sys.modules, 'torch imported'")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env())
     assert proc.returncode == 0, proc.stderr

@@ -1,8 +1,10 @@
-"""``totalseg_info``: which weights are installed, missing or incomplete, and the task registry.
+"""``totalseg_info``: the tasks and their classes, as the official command prints them, and which weights
+are installed.
 
-With no option it lists, per task, the models ``totalseg_download_weights -t TASK`` fetches, their state in
-the weights folder and their size on disk. The official options are kept: ``-lt`` lists the tasks, ``-cl``
-the classes of ``-ta TASK``, and ``--json`` alone prints the registry as JSON.
+The official modes and outputs: no option prints the task table (``--json``: the whole registry), ``-lt`` the
+task table (``--json``: one summary per task), ``-cl -ta TASK`` the task's classes (``--json``: index -> name).
+Ours: ``-w`` lists, per task, the models ``totalseg_download_weights -t TASK`` fetches, their state in the
+weights folder and their size on disk; ``-ta`` may be repeated (JSON then keyed by task).
 """
 from __future__ import annotations
 
@@ -16,14 +18,16 @@ from totalseg.cli.common import run
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="totalseg_info",
-                                description="Installed weights per task, and the task registry.")
+                                description="The segmentation tasks, their classes, and the installed weights.")
     mode = p.add_mutually_exclusive_group()
+    mode.add_argument("-lt", "--list-tasks", action="store_true",
+                      help="the tasks with modality, licence and number of classes")
+    mode.add_argument("-cl", "--classes", action="store_true", help="the classes (index -> name) of -ta TASK")
     mode.add_argument("-w", "--weights", action="store_true",
-                      help="installed / missing / incomplete models per task with sizes (the default)")
-    mode.add_argument("-lt", "--list-tasks", action="store_true", help="list the tasks")
-    mode.add_argument("-cl", "--classes", action="store_true", help="list the classes of -ta TASK")
-    p.add_argument("-ta", "--task", action="append", metavar="TASK", help="only this task (repeatable)")
-    p.add_argument("--json", action="store_true", help="print JSON")
+                      help="installed / missing / incomplete models per task, with sizes")
+    p.add_argument("-ta", "--task", action="append", metavar="TASK",
+                   help="the task for -cl; only these tasks otherwise (repeatable)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
 
 
@@ -77,42 +81,38 @@ def format_weights_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _registry_json(tasks: list[str]) -> dict:
-    from totalseg.registry import get_task
-
-    return {"totalsegmentator_version": OFFICIAL_VERSION,
-            "tasks": {t: {"modality": get_task(t).modality, "license_required": get_task(t).licensed,
-                          "classes": {str(k): v for k, v in sorted(get_task(t).classes.items())}} for t in tasks}}
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.classes and not args.task:
+        parser.error("-cl/--classes needs a task: -ta TASK (e.g. totalseg_info -cl -ta total)")
     return run(lambda: _run(args))
 
 
 def _run(args) -> int:
     from totalseg.registry import get_task, task_names
+    from totalseg.registry.listing import format_class_list, format_task_list, task_entry, task_summary
 
     tasks = list(dict.fromkeys(args.task)) if args.task else task_names()
     for t in tasks:
-        get_task(t)
-    if args.list_tasks:
-        from totalseg.registry.listing import format_task_list
-
-        print(json.dumps(tasks, indent=2) if args.json else format_task_list())
-    elif args.classes:
-        from totalseg.registry.listing import format_class_list
-
-        names = tasks if args.task else ["total"]
+        get_task(t)  # an unknown task: one line
+    if args.classes:
         if args.json:
-            print(json.dumps(_registry_json(names)["tasks"], indent=2))
+            classes = {t: task_entry(t)["classes"] for t in tasks}
+            print(json.dumps(classes[tasks[0]] if len(tasks) == 1 else classes, indent=2))
         else:
-            print("\n\n".join(format_class_list(t) for t in names))
-    elif args.json and not args.weights:
-        print(json.dumps(_registry_json(tasks), indent=2))
-    else:
+            print("\n\n".join(format_class_list(t) for t in tasks))
+    elif args.weights:
         report = weights_report(tasks)
         print(json.dumps(report, indent=2) if args.json else format_weights_report(report))
+    elif args.json:
+        summary = [task_summary(t) for t in tasks] if args.list_tasks else \
+            {"totalsegmentator_version": OFFICIAL_VERSION, "tasks": {t: task_entry(t) for t in tasks}}
+        print(json.dumps(summary, indent=2))
+    else:
+        print(format_task_list())
+        if not args.list_tasks:
+            print("\nClasses of a task: totalseg_info -cl -ta TASK; JSON: --json; installed weights: -w.")
     return 0
 
 

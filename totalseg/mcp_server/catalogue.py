@@ -8,15 +8,9 @@ from __future__ import annotations
 
 from totalseg.errors import UserError
 from totalseg.registry import get_task, task_names
+from totalseg.registry.listing import task_entry
 
 SPEEDS = ("standard", "fast", "fastest")
-
-
-def task_entry(name: str) -> dict:
-    """One task as the official ``task_registry()`` lists it."""
-    task = get_task(name)
-    return {"modality": task.modality.upper(), "license_required": task.licensed,
-            "classes": {str(k): v for k, v in sorted(task.classes.items())}}
 
 
 def tasks() -> dict[str, dict]:

@@ -54,3 +54,18 @@ def format_class_list(task: str = "total") -> str:
     lines = [f"Task '{task}'  [{t.modality.upper()}, {licence}, {len(t.classes)} classes]", ""]
     lines += [f"{idx:>4}  {name}" for idx, name in sorted(t.classes.items())]
     return "\n".join(lines)
+
+
+def task_entry(name: str) -> dict:
+    """One task as the official registry describes it (``totalseg_info --json``, the MCP server):
+    ``{"modality": "CT"|"MR", "license_required": bool, "classes": {"1": name, ...}}``."""
+    task = get_task(name)
+    return {"modality": task.modality.upper(), "license_required": task.licensed,
+            "classes": {str(k): v for k, v in sorted(task.classes.items())}}
+
+
+def task_summary(name: str) -> dict:
+    """One row of the official ``totalseg_info -lt --json``: name, modality, licence, number of classes."""
+    task = get_task(name)
+    return {"name": name, "modality": task.modality.upper(), "license_required": task.licensed,
+            "num_classes": len(task.classes)}
