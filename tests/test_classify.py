@@ -105,6 +105,10 @@ def test_combine_cli(tmp_path, capsys):
     assert err.startswith("ERROR: ") and "body_trunc" in err and "\n" not in err
     assert not bad.exists()
     assert combine_cli.main(["-i", str(tmp_path / "nope"), "-o", str(bad), "-m", "lung"]) == 1
+    capsys.readouterr()
+    # the official -t/--nora_tag tags the output in a local NORA: refused, as TotalSegmentator refuses it
+    assert combine_cli.main(["-i", str(FAST_ML), "-o", str(bad), "-m", "lung", "-t", "project1"]) == 1
+    assert "--nora_tag" in capsys.readouterr().err and not bad.exists()
 
 
 # ------------------------------------------------------------------------------------------ phase

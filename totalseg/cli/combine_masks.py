@@ -18,7 +18,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="folder of per-class masks, or a multilabel .nii.gz written with --ml")
     p.add_argument("-o", metavar="file", dest="output", type=Path, required=True, help="output .nii.gz")
     p.add_argument("-m", "--masks", choices=_GROUPS, required=True, help="which group of classes")
-    p.add_argument("-t", "--nora_tag", default="None", help=argparse.SUPPRESS)
+    p.add_argument("-t", "--nora_tag", default="None",
+                   help="official: tag the output in a local NORA installation; refused here (as by TotalSegmentator)")
     p.add_argument("-ml", "--multilabel", action="store_true",
                    help="attach a label table {1: <group>} to the output")
     return p
@@ -34,6 +35,9 @@ def _run(args) -> int:
     from totalseg.write.labelmap import with_label_table
     from totalseg.write.nifti import save_atomic
 
+    from totalseg import check_options
+
+    check_options({"nora_tag": args.nora_tag})  # refused unless "None", with TotalSegmentator's line
     if not (args.output.name.endswith(".nii.gz") or args.output.name.endswith(".nii")):
         raise UserError(f"the output is one NIfTI file: give -o a name ending in .nii.gz (got {args.output})")
     if args.output.is_dir():
