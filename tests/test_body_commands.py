@@ -372,6 +372,9 @@ def test_body_stats_refusals_are_one_line(home, tmp_path, capsys):
     # Offline, nothing installed: it says where the models belong and how to give them.
     _one_error_line(main(base + ["-mt", "xgboost"]), capsys.readouterr().err, "-mf")
     assert not (tmp_path / "out.json").exists()
+    # the CNN-only flags with xgboost: said to have no effect, not ignored silently
+    _one_error_line(main(base + ["-mt", "xgboost", "-tta", "--debug"]), err := capsys.readouterr().err, "-mf")
+    assert "-tta and --debug: for the CNN backend only; no effect with -mt xgboost" in err
 
 
 @pytest.mark.slow

@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="do not reorient the image to the closest canonical orientation")
     p.add_argument("-tta", "--test_time_augmentation", action="store_true",
                    help="CNN only: ensemble flipped and reoriented inputs")
-    p.add_argument("--debug", action="store_true", help="print debugging information")
+    p.add_argument("--debug", action="store_true", help="CNN only: print the network input's shape")
     p.add_argument("-d", "--device", default="cpu", help="gpu, gpu:N, cpu or mps (default cpu)")
     p.add_argument("-f", "--fold", default="all", help="fold 0-4, or 'all' to ensemble the five (default)")
     p.add_argument("-q", dest="quiet", action="store_true", help="print no output to stdout")
@@ -97,6 +97,9 @@ def _run(args) -> int:
     if args.model_type == "cnn":
         refuse_cnn(args.modality, args.model_file)
     say = progress(args.quiet)
+    cnn_only = [flag for flag, given in (("-tta", args.test_time_augmentation), ("--debug", args.debug)) if given]
+    if cnn_only:
+        say(f"{' and '.join(cnn_only)}: for the CNN backend only; no effect with -mt xgboost")
     started = time.time()
     say("Loading data")
     image = as_nibabel(load_image(args.input_file))
