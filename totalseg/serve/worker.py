@@ -91,7 +91,8 @@ class _ProgressLog:
     """A stand-in for stderr during a job: lines go to the job's log; stage messages move its progress, and
     so do the tiles of a model run (``tiles``, the predictor's progress function)."""
 
-    STAGES = (("Predicting", 0.15), ("  running ", 0.25), ("  loaded in", 0.35), ("  predicted in", 0.6),
+    PREDICTED = 0.6  # a (first) model run has ended
+    STAGES = (("Predicting", 0.15), ("  running ", 0.25), ("  loaded in", 0.35), ("  predicted in", PREDICTED),
               ("  resampled back", 0.7), ("  saved in", 0.8))
 
     def __init__(self, log, set_progress: Callable[[float], None]):
@@ -112,7 +113,7 @@ class _ProgressLog:
         if done == 0:
             self.round_start = self.progress
             return
-        end = max(self.STAGES[3][1], min(self.round_start + 0.05, 0.75))
+        end = max(self.PREDICTED, min(self.round_start + 0.05, 0.75))
         self._move(self.round_start + (end - self.round_start) * done / max(total, 1), every=0.01)
 
     def _move(self, value: float, every: float = 0.0) -> None:
