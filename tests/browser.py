@@ -4,9 +4,14 @@ No browser is downloaded: the system's binaries are used, or the tests skip sayi
 """
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
+
+# The documentation's pictures (README, docs/): rewritten from the tests' screenshots only when asked, with
+# TOTALSEG_UPDATE_SCREENS=1, so that a test run leaves the checkout as it was.
+SCREENS = Path(__file__).resolve().parents[1] / "bench" / "report_screens"
 
 # Chromium's software WebGL2: ANGLE on SwiftShader (no GPU needed); Chromium only enables it for WebGL when
 # asked to (--enable-unsafe-swiftshader), since it is also a fallback for untrusted pages on real machines.
@@ -59,3 +64,18 @@ def requested_urls(driver) -> list[str]:
         if message.get("method") == "Network.requestWillBeSent":
             urls.append(message["params"]["request"]["url"])
     return urls
+
+
+def save_screenshot(driver, tmp_path: Path, name: str) -> Path:
+    """The browser window as ``tmp_path/name``; with ``TOTALSEG_UPDATE_SCREENS=1`` also a reduced copy (1200 px
+    wide, 128 colours: small for git) in bench/report_screens/ for the documentation."""
+    from PIL import Image
+
+    shot = tmp_path / name
+    driver.save_screenshot(str(shot))
+    if os.environ.get("TOTALSEG_UPDATE_SCREENS") == "1":
+        picture = Image.open(shot).convert("RGB")
+        picture = picture.resize((1200, round(picture.height * 1200 / picture.width)), Image.LANCZOS)
+        SCREENS.mkdir(parents=True, exist_ok=True)
+        picture.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(SCREENS / name, optimize=True)
+    return shot

@@ -4,7 +4,7 @@ Checked from the page itself: the viewer loaded the volume and the labels (canva
 colours at the liver's slice), the class list has every class of the case, toggling a class changes the
 canvas, and the gallery of a 6-case cohort (run here with the random-weights models) shows every case with
 the flags a rescaled (0..4095) and a front-back flipped case must get. Screenshots go to the test's tmp
-folder and, reduced, to bench/report_screens/ (the README's pictures).
+folder and, reduced, with TOTALSEG_UPDATE_SCREENS=1 to bench/report_screens/ (the documentation's pictures).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from browser import chromium_driver, missing_reason, requested_urls
+from browser import chromium_driver, missing_reason, requested_urls, save_screenshot
 from conftest import REF, _copy_home
 
 from totalseg.cli.report import main as report_main
@@ -29,7 +29,6 @@ CT_SM = REF / "example_ct_sm.nii.gz"
 CT = REF / "example_ct.nii.gz"
 SEG_DIR = REF / "example_seg_fast"
 SEG_ML = REF / "example_seg.nii.gz"
-SCREENS = Path(__file__).resolve().parents[1] / "bench" / "report_screens"
 LIVER = (0, 255, 255)  # label 5 in the label table's colours
 
 pytestmark = pytest.mark.skipif(not SEG_DIR.is_dir(), reason="../shared/data not available")
@@ -84,19 +83,6 @@ def _canvas(driver) -> np.ndarray:
 
 def _count(rgb: np.ndarray, colour, tol: int = 12) -> int:
     return int((np.abs(rgb - np.array(colour)).max(axis=2) <= tol).sum())
-
-
-def _save_screenshot(driver, tmp_path: Path, name: str) -> Path:
-    """Full-window screenshot in tmp_path, and a reduced copy in bench/report_screens/ (small for git)."""
-    from PIL import Image
-
-    shot = tmp_path / name
-    driver.save_screenshot(str(shot))
-    picture = Image.open(shot).convert("RGB")
-    picture = picture.resize((1200, round(picture.height * 1200 / picture.width)), Image.LANCZOS)
-    SCREENS.mkdir(parents=True, exist_ok=True)
-    picture.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(SCREENS / name, optimize=True)
-    return shot
 
 
 def _no_network(driver) -> None:
@@ -186,7 +172,7 @@ def test_case_view_in_browser(browser, case_report, tmp_path):
     browser.execute_script("const o = document.getElementById('opacity'); o.value = 0.6;"
                            "o.dispatchEvent(new Event('input'));")
     _canvas(browser)
-    assert _save_screenshot(browser, tmp_path, "case_view.png").stat().st_size > 10_000
+    assert save_screenshot(browser, tmp_path, "case_view.png").stat().st_size > 10_000
 
 
 @needs_browser
@@ -320,7 +306,7 @@ def test_gallery_in_browser(browser, gallery, tmp_path):
     text = browser.execute_script("return document.querySelector('.tile[data-case=\"rescaled\"]').textContent")
     assert "not HU" in text
     _no_network(browser)
-    _save_screenshot(browser, tmp_path, "gallery.png")
+    save_screenshot(browser, tmp_path, "gallery.png")
     # filter by a flag: only the flipped case stays; then a tile opens the case's viewer
     browser.find_element("css selector", '#filters button[data-filter="flipped"]').click()
     shown = browser.execute_script("return [...document.querySelectorAll('.tile')].map(t => t.dataset.case)")

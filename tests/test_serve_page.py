@@ -1,19 +1,17 @@
 """``totalseg_serve``'s web page in a real headless Chromium: the token form, an upload through the file
 chooser and one dropped on the page (a real ``drop`` event with a File), the job list with progress and
-states, and each job's report page. The screenshot of the page goes to bench/report_screens/service.png.
+states, and each job's report page. With TOTALSEG_UPDATE_SCREENS=1 the page's picture in the documentation
+(bench/report_screens/service.png) is made anew.
 """
 from __future__ import annotations
 
 import base64
 import time
-from pathlib import Path
 
 import pytest
 
-from browser import chromium_driver, missing_reason
+from browser import chromium_driver, missing_reason, save_screenshot
 from test_serve import CT_SM, TOKEN, Service, tiny_ct
-
-SCREENS = Path(__file__).resolve().parents[1] / "bench" / "report_screens"
 
 
 @pytest.fixture(scope="module")
@@ -47,17 +45,6 @@ def _until(condition, timeout: float = 120):
             return value
         time.sleep(0.2)
     raise TimeoutError("the page did not get there")
-
-
-def _save_screenshot(driver, tmp_path: Path, name: str) -> None:
-    from PIL import Image
-
-    shot = tmp_path / name
-    driver.save_screenshot(str(shot))
-    picture = Image.open(shot).convert("RGB")
-    picture = picture.resize((1200, round(picture.height * 1200 / picture.width)), Image.LANCZOS)
-    SCREENS.mkdir(parents=True, exist_ok=True)
-    picture.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(SCREENS / name, optimize=True)
 
 
 def test_page_uploads_lists_and_opens_reports(browser, tmp_path, fake_home):
@@ -106,7 +93,7 @@ def test_page_uploads_lists_and_opens_reports(browser, tmp_path, fake_home):
         failed = _texts(browser, "td.state-failed .error-line")
         assert failed and failed[0].startswith("cannot read input file input.nii.gz") and str(tmp_path) not in failed[0]
         browser.execute_script("say('')")
-        _save_screenshot(browser, tmp_path, "service.png")
+        save_screenshot(browser, tmp_path, "service.png")
 
         browser.execute_script(f"document.querySelector('#job-{first} .files a:last-child').click()")
         _until(lambda: "totalseg report" in browser.title)
