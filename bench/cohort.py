@@ -32,7 +32,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 from compare import MIB, REPO, WRAPPER, copy_home, wants_ml  # noqa: E402
 
-DEFAULT_INPUT = Path("/work/shared/data/totalseg_reference/example_ct_sm.nii.gz")
+DEFAULT_INPUT = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalseg_reference" / "example_ct_sm.nii.gz"
 DEFAULT_OFFICIAL = str(Path.home() / ".cache/totalseg/official-2.18.0-torch2.14.1-py3.11/bin/TotalSegmentator")
 
 # Runs totalseg_batch and writes the seconds spent in the networks (all cases) to argv[1].

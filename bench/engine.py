@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_INPUT = Path("/work/shared/data/extra_ct/itkelastix_chest_ct.nii.gz")
+DEFAULT_INPUT = Path(__file__).resolve().parents[2] / "shared" / "data" / "extra_ct" / "itkelastix_chest_ct.nii.gz"
 
 
 def _peak_mib() -> float:

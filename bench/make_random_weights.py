@@ -8,7 +8,7 @@ real thing.
     python3 bench/make_random_weights.py --out DIR --ids 291 292 293 294 295 297 298 [--seed 0]
 
 For each id the plans.json / dataset.json of the same folder in the template home
-(default /work/shared/data/fake_weights_tiny, which has all ids of `total`, `body` and `total_mr`)
+(default ../shared/data/fake_weights_tiny beside the checkout, which has all ids of `total`, `body` and `total_mr`)
 are copied; the 3d_fullres configuration is changed to the official architecture:
 
   * 1.5 mm models (291-295, 299, 850, 851): PlainConvUNet, 6 stages, features 32-64-128-256-320-320,
@@ -50,7 +50,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-DEFAULT_TEMPLATE = Path("/work/shared/data/fake_weights_tiny")
+DEFAULT_TEMPLATE = Path(__file__).resolve().parents[2] / "shared" / "data" / "fake_weights_tiny"
 BG_FRACTION = 0.9  # target share of background voxels on the calibration volume
 
 # id -> (n_stages, patch_size in plans order (z, y, x))

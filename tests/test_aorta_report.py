@@ -142,7 +142,7 @@ def test_plane_normal_is_scikit_learn_pca():
 def test_equals_official_live(report, tmp_path):
     """The official 2.18.0 report code on the same masks (its pictures left out: no wkhtmltoimage/fury here)."""
     harness = tmp_path / "harness.py"
-    harness.write_text(OFFICIAL_HARNESS)
+    harness.write_text(harness_text())
     done = subprocess.run([str(OFFICIAL_VENV / "bin" / "python"), str(harness), "aorta", str(tmp_path / "official")],
                           capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -165,7 +165,7 @@ def test_erosion_and_skip_dissection_equal_official_live(tmp_path):
     assert all(lm["area_fl"] in (0.0, None) for lm in got["landmarks"].values())
     assert nib.load(out / "cpr_animated.nii.gz").shape[2] == 48
     harness = tmp_path / "harness.py"
-    harness.write_text(OFFICIAL_HARNESS)
+    harness.write_text(harness_text())
     done = subprocess.run([str(OFFICIAL_VENV / "bin" / "python"), str(harness), "aorta", str(tmp_path / "official"),
                            "erosion=True", "skip_dissection=True"], capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -212,7 +212,7 @@ from pathlib import Path
 import numpy as np
 
 which, out = sys.argv[1], Path(sys.argv[2])
-ref = Path("/work/shared/data/totalseg_reference")
+ref = Path(__REF__)
 tmp = out / "tmp"; shutil.rmtree(out, ignore_errors=True); (tmp / "models").mkdir(parents=True)
 from totalsegmentator.serialization_utils import convert_to_serializable
 from totalsegmentator.reporting import setup_logger
@@ -255,3 +255,8 @@ for r in gen:
 json.dump(convert_to_serializable(res), open(out / "report.json", "w"), indent=4)
 print("took", time.time() - t)
 '''
+
+
+def harness_text() -> str:
+    """The harness with the reference data's folder (totalseg_reference, REF's parent) filled in."""
+    return OFFICIAL_HARNESS.replace("__REF__", repr(str(REF.parent)))

@@ -2,17 +2,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
+from conftest import DATA, REF
 from totalseg.errors import InputError
 from totalseg.write.labelmap import label_table_xml, load_multilabel_nifti, with_label_table
 
-DATA = Path("/work/shared/data")
-REF = DATA / "totalseg_reference"
 ORACLE_ML = DATA / "oracle_tiny" / "total_ml.nii.gz"
 CLASS_MAP_JSON = REF / "resources" / "class_map.json"
 

@@ -9,11 +9,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from conftest import DATA, REF
 from totalseg.errors import InputError
 from totalseg.load.nifti import SHEAR_TOLERANCE, InputImage, load_nifti
 
-REF = Path("/work/shared/data/totalseg_reference")
-EXTRA = Path("/work/shared/data/extra_ct")
+EXTRA = DATA / "extra_ct"
 AFFINE = np.diag([1.5, 1.5, 3.0, 1.0])
 
 

@@ -103,9 +103,9 @@ def test_equals_official_live(report, tmp_path):
     spec = importlib.util.spec_from_file_location("aorta_tests", Path(__file__).with_name("test_aorta_report.py"))
     aorta_tests = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(aorta_tests)
-    OFFICIAL_HARNESS, _assert_close = aorta_tests.OFFICIAL_HARNESS, aorta_tests._assert_close
+    harness_text, _assert_close = aorta_tests.harness_text, aorta_tests._assert_close
     harness = tmp_path / "harness.py"
-    harness.write_text(OFFICIAL_HARNESS)
+    harness.write_text(harness_text())
     done = subprocess.run([str(OFFICIAL_VENV / "bin" / "python"), str(harness), "pulmonary", str(tmp_path / "off")],
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]

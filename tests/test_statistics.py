@@ -8,11 +8,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from conftest import ORACLE, REF
 from totalseg.write.statistics import compute_statistics, write_statistics
 
-DATA = Path("/work/shared/data")
-REF = DATA / "totalseg_reference"
-ORACLE = DATA / "oracle_tiny"
 
 # (folder with per-class masks + statistics.json, input image, exclude_border, exact volume)
 CASES = {

@@ -62,8 +62,8 @@ SHARED=(
 ACVL=acvl-utils==0.2.6        # sdist only on PyPI: built into a wheel here (pure Python)
 OFFICIAL=TotalSegmentator==2.18.0
 IDS=(291 292 293 294 295 297 298)
-CT=/work/shared/data/extra_ct/itkelastix_chest_ct.nii.gz
-TEMPLATE_SRC=/work/shared/data/fake_weights_tiny
+CT="$REPO/../shared/data/extra_ct/itkelastix_chest_ct.nii.gz"
+TEMPLATE_SRC="$REPO/../shared/data/fake_weights_tiny"
 
 quiet_pip() { grep -v "^WARNING: Location 'file:" || true; }
 

@@ -11,7 +11,7 @@
 # over its idle level, compares the two outputs voxel for voxel and prints a table.
 # The official runs see neither cupy nor cucim (bench/gpu/stubs/official/sitecustomize.py) and get a SimpleITK
 # stub (bench/gpu/stubs/official/SimpleITK; unused on this path, too big to carry).
-# Dry run: the same steps with -d cpu, the tiny weights /work/shared/data/fake_weights_tiny, example_ct.nii.gz,
+# Dry run: the same steps with -d cpu, the tiny weights ../shared/data/fake_weights_tiny, example_ct.nii.gz,
 # the Python 3.11 venv bench/.venv-gpu-dry (torch CPU + what the device image provides) and 3.11 variants of the
 # binary wheels.
 #
@@ -46,8 +46,8 @@ main() {
         BUDGET="${BENCH_BUDGET_S:-3600}"
         CAP_FAST="${BENCH_CAP_FAST_S:-600}"
         CAP_ML="${BENCH_CAP_ML_S:-1200}"
-        INPUT="${BENCH_DRY_INPUT:-/work/shared/data/totalseg_reference/example_ct.nii.gz}"
-        WHOME=/work/shared/data/fake_weights_tiny
+        INPUT="${BENCH_DRY_INPUT:-$REPO/../shared/data/totalseg_reference/example_ct.nii.gz}"
+        WHOME="$REPO/../shared/data/fake_weights_tiny"
         BASE=/tmp/gpu-dry
         SHIM=(--torchvision-shim)
         [ -x "$PY" ] || { echo "run.sh --dry-run: $PY missing: run bash bench/gpu/prepare.sh --dry-run" >&2; return 1; }
