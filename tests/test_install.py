@@ -388,7 +388,7 @@ def test_info_lists_states_and_sizes(home, zips, tmp_path, capsys):
     assert states[FASTEST]["bytes"] == sum(p.stat().st_size for p in (WEIGHTS / FASTEST).rglob("*") if p.is_file())
     assert states[FAST]["state"] == "incomplete" and f"{sub}/dataset.json" in states[FAST]["missing"]
     assert states["Dataset291_TotalSegmentator_part1_organs_1559subj"]["state"] == "missing"
-    assert info.main(["-ta", "total"]) == 0
+    assert info.main(["-ta", "total", "-w"]) == 0
     text = capsys.readouterr().out
     assert "1 installed" in text and FASTEST in text
 

@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import DATA
+from conftest import DATA as SHARED_DATA
 from totalseg.errors import UserError
 from totalseg.evaluate.metrics import dice, nsd, surface_distances
 
@@ -245,7 +245,7 @@ def test_import_result_folder_without_nnunet(tmp_path):
     """A result folder (here a copy of a random-weights model) becomes a task of a fresh home; refusals."""
     import shutil
 
-    fake = DATA / "fake_weights_tiny" / "nnunet" / "results" / "Dataset315_thoraxCT"
+    fake = SHARED_DATA / "fake_weights_tiny" / "nnunet" / "results" / "Dataset315_thoraxCT"
     if not fake.is_dir():
         pytest.skip("shared random-weights home not available")
     sub = "nnUNetTrainer__nnUNetPlans__3d_fullres"
